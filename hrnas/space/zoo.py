@@ -1,0 +1,301 @@
+"""The model zoo: named specs, a registry that fails loudly, and the supernet generator.
+
+Supernets follow the authors' configs (spec §2.3, §2.8): stages ``[branches, blocks per branch,
+channels per branch]`` = 1/[1]/[24], 2/[2,2]/[18,36], 3/[2,2,3]/[18,36,72], 4/[2,2,3,4]/[18,36,72,144]
+twice, expansion ratio 4 for each of the kernels 3/5/7, transformers with 64 queries in the residual
+blocks. ``hrnas_imagenet_ref`` is the searched ImageNet architecture of the authors' ``checkpoint.json``
+(spec Appendix A).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from hrnas.space.spec import (
+    BlockSpec,
+    ClassificationHeadSpec,
+    DenseHeadSpec,
+    FuseSpec,
+    NetSpec,
+    SpecError,
+    StageSpec,
+    StemSpec,
+)
+
+SUPERNET_STAGES: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = (
+    (1, (1,), (24,)),
+    (2, (2, 2), (18, 36)),
+    (3, (2, 2, 3), (18, 36, 72)),
+    (4, (2, 2, 3, 4), (18, 36, 72, 144)),
+    (4, (2, 2, 3, 4), (18, 36, 72, 144)),
+)
+TRANSFORMER_PLACEMENTS = ("none", "residual", "all")
+
+
+class ZooError(KeyError):
+    """Unknown or duplicate zoo name."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it a readable line
+        return str(self.args[0])
+
+
+def _supernet_block(
+    cin: int,
+    cout: int,
+    stride: int,
+    expand_ratio: float,
+    kernel_sizes: Sequence[int],
+    num_queries: int,
+    placement: str,
+) -> BlockSpec:
+    hidden = int(round(expand_ratio * cin))
+    residual = stride == 1 and cin == cout
+    wants = placement == "all" or (placement == "residual" and residual)
+    return BlockSpec(
+        in_channels=cin,
+        out_channels=cout,
+        stride=stride,
+        kernel_sizes=tuple(kernel_sizes),
+        hidden=tuple(hidden for _ in kernel_sizes),
+        num_queries=num_queries if wants else 0,
+    )
+
+
+def supernet_spec(
+    *,
+    head: str,
+    num_outputs: int,
+    name: str = "",
+    stages: Sequence[tuple[int, Sequence[int], Sequence[int]]] = SUPERNET_STAGES,
+    stem: Sequence[int] = (24, 24),
+    in_channels: int = 3,
+    expand_ratio: float = 4.0,
+    kernel_sizes: Sequence[int] = (3, 5, 7),
+    num_queries: int = 64,
+    transformer: str = "residual",
+    last_channels: int | None = None,
+    cls_head_channels: Sequence[int] = (36, 72, 144, 320),
+    dropout: float = 0.2,
+    activation: str = "relu",
+    bn_momentum: float = 0.01,
+    bn_eps: float = 1e-3,
+    token_grid: int = 8,
+) -> NetSpec:
+    """The HR-NAS supernet for a head (``classification``, ``segmentation`` or ``keypoints``).
+
+    ``transformer`` places transformers with ``num_queries`` queries in no block, in every residual
+    block (the default) or in every block. ``last_channels`` is the width of the dense head's transform
+    block (default 90) or of the classifier's last 1×1 conv (default 1600).
+    """
+    if transformer not in TRANSFORMER_PLACEMENTS:
+        raise SpecError(f"transformer: unknown placement {transformer!r} (known: {', '.join(TRANSFORMER_PLACEMENTS)})")
+
+    def block(cin: int, cout: int, stride: int) -> BlockSpec:
+        return _supernet_block(cin, cout, stride, expand_ratio, kernel_sizes, num_queries, transformer)
+
+    prev = [stem[-1]]
+    stage_specs = []
+    for num_branches, depths, channels in stages:
+        n_in = len(prev)
+        fuse = []
+        for dst in range(min(n_in, num_branches)):
+            for src in (dst - 1, dst, dst + 1):
+                if 0 <= src < n_in:
+                    fuse.append(FuseSpec(src, dst, block(prev[src], channels[dst], 2 if src == dst - 1 else 1)))
+        new_branch = None
+        if num_branches == n_in + 1:
+            new_branch = block(channels[n_in - 1], channels[n_in], 2)
+        elif num_branches != n_in:
+            raise SpecError(f"stages: a stage adds at most one branch ({n_in} → {num_branches})")
+        parallel = tuple(tuple(block(c, c, 1) for _ in range(d)) for c, d in zip(channels, depths, strict=True))
+        stage_specs.append(StageSpec(fuse=tuple(fuse), parallel=parallel, new_branch=new_branch))
+        prev = list(channels)
+    if head == "classification":
+        hc = list(cls_head_channels)
+        head_spec: ClassificationHeadSpec | DenseHeadSpec = ClassificationHeadSpec(
+            num_classes=num_outputs,
+            incre=tuple(block(c, h, 1) for c, h in zip(prev, hc, strict=True)),
+            down=tuple(block(hc[i], hc[i + 1], 2) for i in range(len(hc) - 1)),
+            last_channels=last_channels or 1600,
+            dropout=dropout,
+        )
+    else:
+        head_spec = DenseHeadSpec(
+            num_outputs=num_outputs, transform=block(sum(prev), last_channels or 90, 1), kind=head
+        )
+    return NetSpec(
+        stem=StemSpec(in_channels=in_channels, channels=tuple(stem)),
+        stages=tuple(stage_specs),
+        head=head_spec,
+        name=name,
+        activation=activation,
+        bn_momentum=bn_momentum,
+        bn_eps=bn_eps,
+        token_grid=token_grid,
+    )
+
+
+# --- the searched ImageNet architecture (spec Appendix A) ------------------------------------------
+
+
+def _groups(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``"3/7:1/1"`` → kernels (3, 7), hidden (1, 1); ``"31/29/30"`` → 3/5/7; ``"none"`` → no channels."""
+    if text == "none":
+        return (3, 5, 7), (0, 0, 0)
+    if ":" in text:
+        ks, hs = text.split(":")
+        return tuple(int(k) for k in ks.split("/")), tuple(int(h) for h in hs.split("/"))
+    return (3, 5, 7), tuple(int(h) for h in text.split("/"))
+
+
+def _ref_block(cin: int, cout: int, stride: int, text: str) -> BlockSpec:
+    kernels, hidden = _groups(text)
+    return BlockSpec(cin, cout, stride, kernels, hidden, 0)
+
+
+_REF_FUSE = (
+    # (src, dst, cin, cout, groups) per stage, ordered by (dst, src); new branch separately
+    ((0, 0, 24, 24, "32/12/1"),),
+    ((0, 0, 24, 18, "28/8/1"),),
+    ((0, 0, 18, 18, "3/5:8/1"), (1, 0, 36, 18, "3/7:3/1"), (0, 1, 18, 36, "15/17/17"), (1, 1, 36, 36, "24/19/8")),
+    (
+        (0, 0, 18, 18, "3:1"),
+        (1, 0, 36, 18, "3/7:1/1"),
+        (0, 1, 18, 36, "3/6/2"),
+        (1, 1, 36, 36, "8/2/2"),
+        (2, 1, 72, 36, "20/9/19"),
+        (1, 2, 36, 72, "62/65/42"),
+        (2, 2, 72, 72, "71/52/45"),
+    ),
+    (
+        (0, 0, 18, 18, "none"),
+        (1, 0, 36, 18, "7:1"),
+        (0, 1, 18, 36, "5:1"),
+        (1, 1, 36, 36, "7:1"),
+        (2, 1, 72, 36, "8/3/5"),
+        (1, 2, 36, 72, "17/23/20"),
+        (2, 2, 72, 72, "39/9/9"),
+        (3, 2, 144, 72, "92/33/105"),
+        (2, 3, 72, 144, "145/142/153"),
+        (3, 3, 144, 144, "147/75/82"),
+    ),
+)
+_REF_NEW = (None, (18, 36, "31/29/30"), (36, 72, "62/82/86"), (72, 144, "180/142/158"), None)
+_REF_PARALLEL = (
+    ((24, ("28/7/5",)),),
+    ((18, ("3/5:11/4", "3:1")), (36, ("14/19/17", "18/12/7"))),
+    ((18, ("none", "none")), (36, ("14/15/6", "14/8/3")), (72, ("39/42/58", "53/21/30", "66/49/52"))),
+    (
+        (18, ("none", "none")),
+        (36, ("2/1/3", "1/4/1")),
+        (72, ("36/26/17", "21/22/7", "20/16/15")),
+        (144, ("66/48/124", "74/61/136", "76/48/123", "128/59/128")),
+    ),
+    (
+        (18, ("none", "none")),
+        (36, ("5/7:1/3", "3/7:1/1")),
+        (72, ("27/13/15", "18/6/22", "22/10/19")),
+        (144, ("158/83/98", "178/110/124", "175/122/158", "127/96/143")),
+    ),
+)
+_REF_INCRE = ((18, 36, "none"), (36, 72, "5/7:2/7"), (72, 144, "25/40/20"), (144, 320, "45/44/170"))
+_REF_DOWN = ((36, 72, "none"), (72, 144, "3/14/11"), (144, 320, "29/22/108"))
+
+
+def imagenet_reference_spec(num_classes: int = 1000, dropout: float = 0.2) -> NetSpec:
+    """The published searched ImageNet architecture (259.2 M MACs, 3.89 M params at 224²)."""
+    stages = []
+    for fuse_rows, new, par_rows in zip(_REF_FUSE, _REF_NEW, _REF_PARALLEL, strict=True):
+        fuse = tuple(
+            FuseSpec(src, dst, _ref_block(cin, cout, 2 if dst == src + 1 else 1, g))
+            for src, dst, cin, cout, g in fuse_rows
+        )
+        new_branch = None if new is None else _ref_block(new[0], new[1], 2, new[2])
+        parallel = tuple(tuple(_ref_block(c, c, 1, g) for g in groups) for c, groups in par_rows)
+        stages.append(StageSpec(fuse=fuse, parallel=parallel, new_branch=new_branch))
+    head = ClassificationHeadSpec(
+        num_classes=num_classes,
+        incre=tuple(_ref_block(cin, cout, 1, g) for cin, cout, g in _REF_INCRE),
+        down=tuple(_ref_block(cin, cout, 2, g) for cin, cout, g in _REF_DOWN),
+        last_channels=1600,
+        dropout=dropout,
+    )
+    return NetSpec(stem=StemSpec(3, (24, 24)), stages=tuple(stages), head=head, name="hrnas_imagenet_ref")
+
+
+# --- registry ---------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, tuple[Callable[..., NetSpec], str]] = {}
+
+
+def register(name: str, description: str) -> Callable[[Callable[..., NetSpec]], Callable[..., NetSpec]]:
+    """Register a spec factory ``fn(transformer: bool = True) -> NetSpec`` under ``name``."""
+
+    def deco(fn: Callable[..., NetSpec]) -> Callable[..., NetSpec]:
+        if name in _REGISTRY:
+            raise ZooError(f"zoo name {name!r} is already registered")
+        _REGISTRY[name] = (fn, description)
+        return fn
+
+    return deco
+
+
+def list_specs() -> dict[str, str]:
+    """Zoo names and their one-line descriptions."""
+    return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
+
+
+def get_spec(name: str, transformer: bool = True) -> NetSpec:
+    """The zoo spec ``name``; ``transformer=False`` removes every transformer."""
+    if name not in _REGISTRY:
+        raise ZooError(f"unknown zoo name {name!r} (known: {', '.join(sorted(_REGISTRY))})")
+    spec = _REGISTRY[name][0]()
+    if not transformer:
+        spec = spec.replace_blocks({p: replace(b, num_queries=0) for p, b in spec.blocks()})
+    return spec
+
+
+def _supernet(name: str, head: str, num_outputs: int, **kw: object) -> Callable[[], NetSpec]:
+    return lambda: supernet_spec(name=name, head=head, num_outputs=num_outputs, **kw)  # type: ignore[arg-type]
+
+
+register("hrnas_cls_supernet", "ImageNet classification supernet (67 blocks), 224²")(
+    _supernet("hrnas_cls_supernet", "classification", 1000)
+)
+register("hrnas_cityscapes_supernet", "Cityscapes segmentation supernet (61 blocks, 19 classes), 512×1024")(
+    _supernet("hrnas_cityscapes_supernet", "segmentation", 19, last_channels=90)
+)
+register("hrnas_ade20k_supernet", "ADE20K segmentation supernet (61 blocks, 150 classes), 512²")(
+    _supernet("hrnas_ade20k_supernet", "segmentation", 150, last_channels=180)
+)
+register("hrnas_coco_supernet", "COCO keypoint supernet (61 blocks, 17 heatmaps), 256×192")(
+    _supernet("hrnas_coco_supernet", "keypoints", 17, last_channels=90)
+)
+register("hrnas_imagenet_ref", "published searched ImageNet architecture (259 M MACs), 224²")(
+    imagenet_reference_spec
+)
+
+_TEST_STAGES = ((1, (1,), (8,)), (2, (1, 1), (8, 16)), (3, (1, 1, 1), (8, 16, 24)))
+_TEST_KW: dict[str, object] = dict(
+    stages=_TEST_STAGES, stem=(8, 8), expand_ratio=1.0, num_queries=4, token_grid=4, transformer="residual"
+)
+register("test_seg", "tiny segmentation net for tests (5 classes)")(
+    _supernet("test_seg", "segmentation", 5, last_channels=12, **_TEST_KW)
+)
+register("test_kpt", "tiny keypoint net for tests (5 heatmaps)")(
+    _supernet("test_kpt", "keypoints", 5, last_channels=12, **_TEST_KW)
+)
+register("test_cls", "tiny classification net for tests (10 classes)")(
+    _supernet("test_cls", "classification", 10, last_channels=32, cls_head_channels=(12, 16, 24), **_TEST_KW)
+)
+register("test_cls_all", "tiny classification net with transformers in every block")(
+    _supernet(
+        "test_cls_all",
+        "classification",
+        10,
+        last_channels=32,
+        cls_head_channels=(12, 16, 24),
+        **{**_TEST_KW, "transformer": "all"},
+    )
+)
