@@ -80,8 +80,10 @@ def query_unit_macs(in_channels: int, out_channels: int, num_queries: int, grid:
 def channel_unit_macs(block: BlockSpec, in_hw: HW, kernel_size: int) -> int:
     """MACs of one hidden channel of the ``kernel_size`` group: C_in·A_in + k²·A_out + C_out·A_out."""
     out_hw = _down(in_hw) if block.stride == 2 else in_hw
-    return block.in_channels * _area(in_hw) + kernel_size * kernel_size * _area(out_hw) + block.out_channels * _area(
-        out_hw
+    return (
+        block.in_channels * _area(in_hw)
+        + kernel_size * kernel_size * _area(out_hw)
+        + block.out_channels * _area(out_hw)
     )
 
 

@@ -311,7 +311,10 @@ def _parse_stage(data: Any, path: str) -> StageSpec:
             )
         )
     parallel = tuple(
-        tuple(_parse_block(blk, f"{path}.parallel[{b}][{i}]") for i, blk in enumerate(_list(chain, f"{path}.parallel[{b}]")))
+        tuple(
+            _parse_block(blk, f"{path}.parallel[{b}][{i}]")
+            for i, blk in enumerate(_list(chain, f"{path}.parallel[{b}]"))
+        )
         for b, chain in enumerate(_list(d["parallel"], f"{path}.parallel"))
     )
     nb = d.get("new_branch")
@@ -330,7 +333,9 @@ def _parse_head(data: Any, path: str) -> HeadSpec:
         d = _expect_mapping(data, path, ClassificationHeadSpec)
         return ClassificationHeadSpec(
             num_classes=_int(d["num_classes"], f"{path}.num_classes", 1),
-            incre=tuple(_parse_block(b, f"{path}.incre[{i}]") for i, b in enumerate(_list(d["incre"], f"{path}.incre"))),
+            incre=tuple(
+                _parse_block(b, f"{path}.incre[{i}]") for i, b in enumerate(_list(d["incre"], f"{path}.incre"))
+            ),
             down=tuple(_parse_block(b, f"{path}.down[{i}]") for i, b in enumerate(_list(d["down"], f"{path}.down"))),
             last_channels=_int(d.get("last_channels", 1600), f"{path}.last_channels", 1),
             dropout=_float(d.get("dropout", 0.2), f"{path}.dropout"),
@@ -378,9 +383,7 @@ def _check_block(block: BlockSpec, path: str, in_channels: int | None = None, st
     if block.stride not in (1, 2):
         raise SpecError(f"{path}.stride: must be 1 or 2, got {block.stride}")
     if len(block.hidden) != len(block.kernel_sizes):
-        raise SpecError(
-            f"{path}.hidden: {len(block.hidden)} entries but kernel_sizes has {len(block.kernel_sizes)}"
-        )
+        raise SpecError(f"{path}.hidden: {len(block.hidden)} entries but kernel_sizes has {len(block.kernel_sizes)}")
     for i, k in enumerate(block.kernel_sizes):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
             raise SpecError(f"{path}.kernel_sizes[{i}]: must be a positive odd integer, got {k!r}")

@@ -272,9 +272,7 @@ register("hrnas_ade20k_supernet", "ADE20K segmentation supernet (61 blocks, 150 
 register("hrnas_coco_supernet", "COCO keypoint supernet (61 blocks, 17 heatmaps), 256×192")(
     _supernet("hrnas_coco_supernet", "keypoints", 17, last_channels=90)
 )
-register("hrnas_imagenet_ref", "published searched ImageNet architecture (259 M MACs), 224²")(
-    imagenet_reference_spec
-)
+register("hrnas_imagenet_ref", "published searched ImageNet architecture (259 M MACs), 224²")(imagenet_reference_spec)
 
 _TEST_STAGES = ((1, (1,), (8,)), (2, (1, 1), (8, 16)), (3, (1, 1, 1), (8, 16, 24)))
 _TEST_KW: dict[str, object] = dict(
