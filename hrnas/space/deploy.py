@@ -1,0 +1,87 @@
+"""Inference form of a network: every BatchNorm folded into the convolution before it.
+
+``deploy(model)`` returns a new module in eval mode (the input is not modified) that computes the same
+eval-mode outputs with fewer passes over memory: each Conv→BN pair becomes one Conv with bias, and
+modules that only act in training (dropout) are removed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from hrnas.space.layers import ConvBNAct, SearchBlock
+from hrnas.space.transformer import LightTransformer
+
+
+@torch.no_grad()
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: slice | None = None) -> nn.Conv2d:
+    """A conv with bias equal to ``bn(conv(x))`` in eval mode; ``channels`` picks the BN entries that
+    belong to this conv's outputs (for convs that feed a slice of a shared BN)."""
+    sl = channels if channels is not None else slice(0, bn.num_features)
+    scale = bn.weight[sl] / torch.sqrt(bn.running_var[sl] + bn.eps)
+    shift = bn.bias[sl] - bn.running_mean[sl] * scale
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    fused.bias.copy_(bias)
+    return fused
+
+
+def _deploy_block(block: SearchBlock) -> None:
+    if block.spec.total_hidden > 0:
+        block.expand = fold_bn(block.expand, block.expand_bn)
+        block.expand_bn = nn.Identity()
+        start = 0
+        convs = block.depthwise.convs
+        for i, conv in enumerate(convs):
+            width = conv.out_channels
+            convs[i] = fold_bn(conv, block.dw_bn, slice(start, start + width))
+            start += width
+        block.dw_bn = nn.Identity()
+        block.project = fold_bn(block.project, block.project_bn)
+        block.project_bn = nn.Identity()
+
+
+def _deploy_transformer(t: LightTransformer) -> None:
+    t.projector = fold_bn(t.projector, t.input_norm)
+    t.input_norm = nn.Identity()
+    t.reverse = fold_bn(t.reverse, t.reverse_norm)
+    t.reverse_norm = nn.Identity()
+
+
+def _strip_dropout(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Dropout):
+            setattr(module, name, nn.Identity())
+        else:
+            _strip_dropout(child)
+
+
+def deploy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with BatchNorm folded into convolutions and dropout removed."""
+    model = copy.deepcopy(model).eval()
+    for module in list(model.modules()):
+        if isinstance(module, SearchBlock):
+            _deploy_block(module)
+        elif isinstance(module, LightTransformer):
+            _deploy_transformer(module)
+        elif isinstance(module, ConvBNAct) and isinstance(module[1], nn.BatchNorm2d):
+            module[0] = fold_bn(module[0], module[1])
+            module[1] = nn.Identity()
+    _strip_dropout(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
