@@ -116,7 +116,8 @@ class ModelConfig:
             to retrain); resolved by the model zoo, not here.
         transformer: attach the lightweight transformers (spec §3) to the searching blocks that the spec
             allows; ``false`` builds the CNN-only space.
-        num_queries: initial number of transformer tokens per block (64 in the paper's code).
+        num_queries: number of transformer queries of every block that has a transformer in the spec
+            (64 in the paper's code); 0 keeps the spec's own counts.
         activation: ``relu`` (search configs) | ``swish`` (x·sigmoid(x), the ImageNet retrain config).
         dropout: dropout probability before the classifier (0.2 search, 0.28 retrain); null = keep the
             spec's own value.
@@ -126,7 +127,7 @@ class ModelConfig:
 
     spec: str = ""
     transformer: bool = True
-    num_queries: int = _opt(64, minimum=0)
+    num_queries: int = _opt(0, minimum=0)
     activation: str = _opt("relu", choices=("relu", "swish"))
     dropout: float | None = _opt(None, minimum=0.0, maximum=1.0)
     init: str = _opt("mnas", choices=("mnas", "default"))

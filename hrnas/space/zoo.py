@@ -71,6 +71,7 @@ def supernet_spec(
     stem: Sequence[int] = (24, 24),
     in_channels: int = 3,
     expand_ratio: float = 4.0,
+    head_expand_ratio: float | None = None,
     kernel_sizes: Sequence[int] = (3, 5, 7),
     num_queries: int = 64,
     transformer: str = "residual",
@@ -86,13 +87,14 @@ def supernet_spec(
 
     ``transformer`` places transformers with ``num_queries`` queries in no block, in every residual
     block (the default) or in every block. ``last_channels`` is the width of the dense head's transform
-    block (default 90) or of the classifier's last 1×1 conv (default 1600).
+    block (default 90) or of the classifier's last 1×1 conv (default 1600). ``head_expand_ratio``
+    (default: ``expand_ratio``) sets the hidden width of the dense head's transform block.
     """
     if transformer not in TRANSFORMER_PLACEMENTS:
         raise SpecError(f"transformer: unknown placement {transformer!r} (known: {', '.join(TRANSFORMER_PLACEMENTS)})")
 
-    def block(cin: int, cout: int, stride: int) -> BlockSpec:
-        return _supernet_block(cin, cout, stride, expand_ratio, kernel_sizes, num_queries, transformer)
+    def block(cin: int, cout: int, stride: int, ratio: float = expand_ratio) -> BlockSpec:
+        return _supernet_block(cin, cout, stride, ratio, kernel_sizes, num_queries, transformer)
 
     prev = [stem[-1]]
     stage_specs = []
@@ -122,7 +124,9 @@ def supernet_spec(
         )
     else:
         head_spec = DenseHeadSpec(
-            num_outputs=num_outputs, transform=block(sum(prev), last_channels or 90, 1), kind=head
+            num_outputs=num_outputs,
+            transform=block(sum(prev), last_channels or 90, 1, head_expand_ratio or expand_ratio),
+            kind=head,
         )
     return NetSpec(
         stem=StemSpec(in_channels=in_channels, channels=tuple(stem)),
@@ -273,6 +277,33 @@ register("hrnas_coco_supernet", "COCO keypoint supernet (61 blocks, 17 heatmaps)
     _supernet("hrnas_coco_supernet", "keypoints", 17, last_channels=90)
 )
 register("hrnas_imagenet_ref", "published searched ImageNet architecture (259 M MACs), 224²")(imagenet_reference_spec)
+
+_DEMO_KW: dict[str, object] = dict(
+    stages=((1, (1,), (16,)), (2, (1, 1), (16, 32)), (3, (1, 1, 1), (16, 32, 64))),
+    stem=(16, 16),
+    expand_ratio=2.0,
+    head_expand_ratio=1.0,
+    num_queries=16,
+)
+register("hrnas_demo_supernet", "small segmentation supernet for the demo scenes (11 classes), 128²")(
+    _supernet("hrnas_demo_supernet", "segmentation", 11, last_channels=32, **_DEMO_KW)
+)
+register("hrnas_demo_kpt_supernet", "small keypoint supernet for the demo scenes (5 heatmaps), 128²")(
+    _supernet("hrnas_demo_kpt_supernet", "keypoints", 5, last_channels=32, **_DEMO_KW)
+)
+register("hrnas_demo_cls_supernet", "small classification supernet for Fashion-MNIST (10 classes), 32²")(
+    _supernet(
+        "hrnas_demo_cls_supernet",
+        "classification",
+        10,
+        last_channels=256,
+        cls_head_channels=(32, 64, 128),
+        stem=(16, 16),
+        stages=((1, (1,), (16,)), (2, (1, 1), (16, 32)), (3, (1, 1, 1), (16, 32, 64))),
+        expand_ratio=2.0,
+        num_queries=16,
+    )
+)
 
 _TEST_STAGES = ((1, (1,), (8,)), (2, (1, 1), (8, 16)), (3, (1, 1, 1), (8, 16, 24)))
 _TEST_KW: dict[str, object] = dict(

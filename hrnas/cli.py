@@ -1,0 +1,365 @@
+"""The ``hrnas`` command line. Each subcommand parses its arguments and delegates to the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EPILOG = """examples:
+  hrnas demo                                   search, retrain, evaluate and export on the demo scenes
+  hrnas zoo                                    list the zoo
+  hrnas cost hrnas_cityscapes_supernet --input-size 512 1024 --no-transformer
+  hrnas search demo_seg --set search.target_macs=20M
+  hrnas retrain demo_seg --arch runs/demo_seg-search/arch.json
+  hrnas evaluate runs/demo_seg-retrain/final.pt
+  hrnas export runs/demo_seg-retrain/final.pt -o model.onnx
+"""
+
+
+def _load_spec(ref: str, transformer: bool = True) -> Any:
+    from hrnas.space.spec import NetSpec
+    from hrnas.space.zoo import get_spec, list_specs
+
+    if ref in list_specs():
+        return get_spec(ref, transformer=transformer)
+    if not (ref.endswith(".json") or Path(ref).exists()):
+        from hrnas.space.zoo import ZooError
+
+        raise ZooError(f"unknown zoo name {ref!r} and no such spec file (known: {', '.join(list_specs())})")
+    spec = NetSpec.load(ref)
+    if not transformer:
+        from dataclasses import replace
+
+        spec = spec.replace_blocks({p: replace(b, num_queries=0) for p, b in spec.blocks()})
+    return spec
+
+
+# --- zoo / cost / plot ------------------------------------------------------------------------------
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from hrnas.space.zoo import list_specs
+
+    for name, desc in list_specs().items():
+        print(f"{name:28s} {desc}")
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from hrnas.space.cost import cost, format_macs
+
+    spec = _load_spec(args.spec, transformer=not args.no_transformer)
+    size = tuple(args.input_size)
+    c = cost(spec, size)
+    if args.json:
+        out = {
+            "spec": spec.name or args.spec,
+            "input_size": list(size),
+            "macs": c.macs,
+            "params": c.params,
+            "groups": {k: {"macs": m, "params": p} for k, (m, p) in c.by_group().items()},
+        }
+        if args.per_module:
+            out["modules"] = [{"path": i.path, "macs": i.macs, "params": i.params} for i in c.items]
+        print(json.dumps(out, indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{spec.name or args.spec} at {size[0]}×{size[1]}")
+    table.add_column("part")
+    table.add_column("MACs", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("params", justify="right")
+    rows = c.items if args.per_module else [(k, m, p) for k, (m, p) in c.by_group().items()]
+    for row in rows:
+        path, m, p = (row.path, row.macs, row.params) if args.per_module else row
+        table.add_row(path, format_macs(m), f"{100 * m / max(c.macs, 1):.1f}%", f"{p / 1e6:.4f} M")
+    table.add_row("total", format_macs(c.macs), "100%", f"{c.params / 1e6:.4f} M", style="bold")
+    Console().print(table)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from hrnas.space.plot import plot_architecture
+
+    spec = _load_spec(args.spec)
+    supernet = _load_spec(args.supernet) if args.supernet else None
+    out = plot_architecture(spec, args.output, supernet=supernet, input_size=tuple(args.input_size))
+    print(f"wrote {out}")
+    return 0
+
+
+# --- training commands ------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
+    from hrnas.engine.config import load_config
+
+    return load_config(args.config, [*(args.set or []), *extra])
+
+
+def _run_dir(args: argparse.Namespace, suffix: str) -> Path:
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+    else:
+        run_dir = Path("runs") / f"{Path(args.config).stem}-{suffix}"
+    if not args.resume and (run_dir / "last.pt").exists() and not args.overwrite:
+        raise FileExistsError(f"{run_dir}: holds a run already; pass --resume to continue it or --overwrite")
+    return run_dir
+
+
+def _report(result: Any, task_metric: str) -> None:
+    from hrnas.engine.trainer import describe_result
+
+    print(f"{result.run_dir}: {describe_result(result, task_metric)}")
+
+
+def cmd_train(args: argparse.Namespace, search: bool | None = None) -> int:
+    from hrnas.engine.trainer import train
+    from hrnas.tasks.base import get_task
+
+    extra = [] if search is None else [f"search.enabled={'true' if search else 'false'}"]
+    cfg = _config(args, extra)
+    run_dir = _run_dir(args, "search" if cfg.search.enabled else "train")
+    result = train(cfg, run_dir, resume=args.resume)
+    _report(result, get_task(cfg).metric)
+    if cfg.search.enabled:
+        print(f"searched architecture: {run_dir / 'arch.json'}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    return cmd_train(args, search=True)
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from hrnas.engine.checkpoint import load_checkpoint
+    from hrnas.engine.trainer import inference_state, train
+    from hrnas.space.spec import NetSpec
+    from hrnas.tasks.base import get_task
+
+    cfg = _config(args, ["search.enabled=false"])
+    arch = NetSpec.load(args.arch)
+    init_state = None
+    if args.init == "inherit":
+        ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.arch).with_name("final.pt")
+        payload = load_checkpoint(ckpt, expect_task=cfg.task.name)
+        if NetSpec.from_dict(payload["spec"]) != arch:
+            from hrnas.tasks.base import TaskError
+
+            raise TaskError(f"{ckpt}: its architecture differs from {args.arch}; pass the search's own checkpoint")
+        init_state = inference_state(payload)
+    run_dir = _run_dir(args, "retrain")
+    result = train(cfg, run_dir, resume=args.resume, arch=arch, init_state=init_state)
+    _report(result, get_task(cfg).metric)
+    return 0
+
+
+def _checkpoint_config(payload: dict[str, Any], overrides: Sequence[str]) -> Any:
+    from hrnas.engine.config import config_from_dict
+
+    return config_from_dict(payload["run_config"], overrides=list(overrides))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from hrnas.engine.data import eval_loader
+    from hrnas.engine.trainer import load_model_from_checkpoint
+    from hrnas.space.cost import cost
+    from hrnas.tasks.base import get_task
+
+    model, spec, payload = load_model_from_checkpoint(args.checkpoint)
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.append(f"data.root={args.data}")
+    cfg = _checkpoint_config(payload, overrides)
+    task = get_task(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loader = eval_loader(task.val_dataset(), cfg.data.eval_batch_size, workers=cfg.data.workers, collate=task.collate)
+    metrics = task.evaluate(model.to(device), loader, device, progress=True)
+    c = cost(spec, tuple(cfg.penalty_input_size))
+    metrics = {**metrics, "macs": c.macs, "params": c.params, "checkpoint": str(args.checkpoint)}
+    shown = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+    print(json.dumps(shown, indent=1))
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval_metrics.json")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=1) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hrnas.engine.trainer import load_model_from_checkpoint
+    from hrnas.tasks.predict import predict
+
+    model, spec, payload = load_model_from_checkpoint(args.checkpoint)
+    cfg = _checkpoint_config(payload, args.set or [])
+    written = predict(cfg, model, args.images, Path(args.out))
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hrnas.engine.trainer import load_model_from_checkpoint
+    from hrnas.export.onnx import export_onnx
+
+    model, spec, payload = load_model_from_checkpoint(args.checkpoint)
+    size = tuple(args.input_size) if args.input_size else tuple(payload["run_config"]["data"]["crop_size"])
+    report = export_onnx(model, args.output, input_size=size, in_channels=spec.stem.in_channels)
+    print(f"wrote {report.path}; onnxruntime vs PyTorch max abs diff {report.max_abs_diff:.3g}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hrnas.demo import run_demo
+
+    run_demo(out_dir=Path(args.out), data_root=Path(args.data), quick=args.quick, overrides=args.set or [])
+    return 0
+
+
+def cmd_kitti_eval(args: argparse.Namespace) -> int:
+    from hrnas.tasks.kitti_eval_cli import run
+
+    return run(args)
+
+
+# --- parser -----------------------------------------------------------------------------------------
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="a preset name (e.g. demo_seg, cityscapes) or a YAML file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--run-dir", help="output folder (default runs/<config>-<command>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
+    p.add_argument("--overwrite", action="store_true", help="start over in a folder that holds a run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hrnas",
+        description="Search efficient high-resolution networks (HR-NAS) for your task and compute budget.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="search, retrain, evaluate and export on generated demo scenes (CPU, minutes)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--data", default="data/demo", help="demo dataset folder, generated if missing")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test of the pipeline)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a demo config value")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("zoo", help="list the networks of the zoo")
+    p.set_defaults(func=cmd_zoo)
+
+    p = sub.add_parser("cost", help="MACs and parameters of a spec (zoo name or JSON file)")
+    p.add_argument("spec")
+    p.add_argument("--input-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-transformer", action="store_true", help="remove every transformer first")
+    p.add_argument("--per-module", action="store_true", help="one row per block instead of per stage")
+    p.set_defaults(func=cmd_cost)
+
+    p = sub.add_parser("plot", help="draw an architecture (Fig. 4 style)")
+    p.add_argument("spec")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--supernet", help="zoo name or JSON of the supernet, to show what was removed")
+    p.add_argument("--input-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("train", help="train a network (a zoo name or spec file) with a task config")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", help="search: train the supernet with the resource penalty, shrinking it")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("retrain", help="train a searched architecture (arch.json)")
+    _add_train_args(p)
+    p.add_argument("--arch", required=True, help="arch.json written by `hrnas search`")
+    p.add_argument("--init", choices=("scratch", "inherit"), default="scratch")
+    p.add_argument("--checkpoint", help="with --init inherit: the search checkpoint (default: final.pt beside arch)")
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on its validation data")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="dataset root (default: the one the checkpoint was trained on)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--out", help="metrics JSON (default: eval_metrics.json beside the checkpoint)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="run a checkpoint on images and write visualisations")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export the deployed (BN-folded) network to ONNX and check it")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="default: the training crop")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("kitti-eval", help="official KITTI evaluation of result files against labels")
+    from hrnas.tasks.kitti_eval_cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_kitti_eval)
+    return parser
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from hrnas.data.errors import DatasetError
+    from hrnas.engine.checkpoint import CheckpointError
+    from hrnas.engine.config import ConfigError
+    from hrnas.engine.trainer import TrainingDiverged
+    from hrnas.space.spec import SpecError
+    from hrnas.space.zoo import ZooError
+    from hrnas.tasks.base import TaskError
+
+    errors: list[type[BaseException]] = [
+        DatasetError,
+        CheckpointError,
+        ConfigError,
+        TrainingDiverged,
+        SpecError,
+        ZooError,
+        TaskError,
+        FileNotFoundError,
+        FileExistsError,
+    ]
+    try:
+        from hrnas.search.budget import BudgetError
+
+        errors.append(BudgetError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _known_errors() as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"hrnas {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hrnas {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
