@@ -86,6 +86,8 @@ def train_batches(
             num_workers=workers,
             collate_fn=collate,
             persistent_workers=False,
+            # the loader draws its workers' base seed from this generator, not from the global RNG
+            generator=torch.Generator().manual_seed(_sample_seed(seed, epoch, -2)),
         )
         yield from loader
         epoch, start = epoch + 1, 0

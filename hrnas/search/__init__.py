@@ -1,0 +1,51 @@
+"""The search algorithm (HR-NAS spec §4): searchable units, the resource-aware L1 penalty, progressive
+shrinking with optimizer/EMA remapping, MAC budgets, and the controller a training loop drives.
+
+The shrink function itself is ``hrnas.search.shrink.shrink`` (not re-exported here, so that
+``hrnas.search.shrink`` stays the module).
+"""
+
+from hrnas.search.budget import BudgetError, RhoController, min_reachable_macs, prune_to_budget
+from hrnas.search.controller import SearchController, ShrinkResult, architecture_record
+from hrnas.search.penalty import ResourcePenalty, mean_unit_macs
+from hrnas.search.shrink import (
+    BlockKeep,
+    IndexMap,
+    Keep,
+    alive_masks,
+    keep_all,
+    keep_from_lists,
+    keep_to_lists,
+    kept_spec,
+    rebind_scheduler,
+    remap_optimizer,
+)
+from hrnas.search.units import BlockFactors, BlockUnits, KernelGroup, collect_units, read_factors, search_blocks
+
+__all__ = [
+    "BlockFactors",
+    "BlockKeep",
+    "BlockUnits",
+    "BudgetError",
+    "IndexMap",
+    "Keep",
+    "KernelGroup",
+    "ResourcePenalty",
+    "RhoController",
+    "SearchController",
+    "ShrinkResult",
+    "alive_masks",
+    "architecture_record",
+    "collect_units",
+    "keep_all",
+    "keep_from_lists",
+    "keep_to_lists",
+    "kept_spec",
+    "mean_unit_macs",
+    "min_reachable_macs",
+    "prune_to_budget",
+    "read_factors",
+    "rebind_scheduler",
+    "remap_optimizer",
+    "search_blocks",
+]

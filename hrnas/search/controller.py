@@ -1,0 +1,298 @@
+"""The search as seen by a training loop: penalty, when to shrink, and the shrink itself (spec §4.9).
+
+A loop using :class:`SearchController` looks like::
+
+    ctl = SearchController(model, spec, optimizer, ema, input_size, rho=..., total_steps=T, ...)
+    for step in range(T):
+        loss = task_loss + ctl.penalty(model, step)
+        ...backward, optimizer.step(), ema.update(model)...
+        if ctl.should_shrink(step + 1) or step + 1 == T:
+            res = ctl.shrink_now(model, optimizer, ema, step + 1, final=step + 1 == T)
+            spec, model, optimizer = res.spec, res.model, res.optimizer  # re-wrap DDP, rebind the scheduler
+
+It is independent of the task: it only reads the search blocks of an :class:`~hrnas.space.network.HRNet`
+built from the spec. In a distributed run every rank holds the same γ, so every decision below is the
+same on every rank; pass ``sync=broadcast_object`` to :meth:`SearchController.shrink_now` to make rank 0's
+keep decision authoritative anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from hrnas.engine.schedules import rho_at
+from hrnas.search.budget import BudgetError, RhoController, min_reachable_macs, prune_to_budget
+from hrnas.search.penalty import ResourcePenalty
+from hrnas.search.shrink import (
+    MODES,
+    Keep,
+    alive_masks,
+    keep_from_lists,
+    keep_to_lists,
+    kept_spec,
+    remap_optimizer,
+    shrink,
+)
+from hrnas.search.units import HW, as_hrnet, search_blocks
+from hrnas.space.cost import cost
+from hrnas.space.spec import NetSpec
+
+if TYPE_CHECKING:
+    from hrnas.engine.ema import ModelEma
+
+__all__ = ["SearchController", "ShrinkResult", "architecture_record"]
+
+
+@dataclass
+class ShrinkResult:
+    """What :meth:`SearchController.shrink_now` returns. When nothing was shrunk (``record["shrunk"]``
+    is False) the spec, model, optimizer and EMA are the objects passed in."""
+
+    spec: NetSpec
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: ModelEma | None
+    record: dict[str, Any]
+
+    @property
+    def shrunk(self) -> bool:
+        return bool(self.record["shrunk"])
+
+
+def architecture_record(spec: NetSpec) -> dict[str, dict[str, Any]]:
+    """``{path: {"kernel_sizes": [...], "channels": [...], "queries": n}}`` for every block (JSON-able)."""
+    out = {}
+    for path, block in spec.blocks():
+        b = block.without_empty_groups()
+        out[path] = {"kernel_sizes": list(b.kernel_sizes), "channels": list(b.hidden), "queries": b.num_queries}
+    return out
+
+
+class SearchController:
+    """Penalty, ρ schedule/control and progressive shrinking for one search run.
+
+    Args:
+        model: the supernet (an HRNet built from ``spec``, possibly DDP-wrapped).
+        spec: its spec.
+        optimizer: its optimizer (only checked to exist; the one passed to :meth:`shrink_now` is remapped).
+        ema: the EMA of the model or None.
+        input_size: (H, W), the penalty input size at which unit costs, savings and the target are measured.
+        threshold: a unit is dead when |γ| ≤ threshold.
+        rho: full weight ρ of the penalty (the starting value when ``target_macs`` is set).
+        rho_free_steps, rho_warmup_steps: the ρ(t) ramp of :func:`hrnas.engine.schedules.rho_at`.
+        shrink_every: :meth:`should_shrink` is True every this many steps (0 = never; the loop then decides).
+        min_saving_macs: a non-final shrink happens only when it saves at least this many MACs.
+        target_macs: the MAC budget at ``input_size`` or None. When set, ρ is adapted by a
+            :class:`~hrnas.search.budget.RhoController` and the final shrink prunes to the budget.
+        total_steps: the run's optimizer steps (required with ``target_macs``).
+        decide_on: ``ema_and_current`` | ``ema`` | ``current``: which γ decide liveness (spec §4.5); the
+            final shrink uses the EMA alone when ``ema_and_current``; without an EMA, the current model.
+        rho_update_every: steps between ρ updates with a target (None: 1/200 of the controlled span).
+        reach_fraction: where, between the end of the ρ warm-up and the last step, the MAC path reaches
+            the target.
+
+    Raises:
+        ValueError: bad arguments; :class:`~hrnas.search.budget.BudgetError` for an unreachable target.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: NetSpec,
+        optimizer: torch.optim.Optimizer | None,
+        ema: ModelEma | None,
+        input_size: HW,
+        threshold: float = 1e-3,
+        rho: float = 0.0,
+        rho_free_steps: int = 0,
+        rho_warmup_steps: int = 0,
+        shrink_every: int = 0,
+        min_saving_macs: int = 1_000_000,
+        target_macs: int | None = None,
+        total_steps: int | None = None,
+        decide_on: str = "ema_and_current",
+        rho_update_every: int | None = None,
+        reach_fraction: float = 0.75,
+    ) -> None:
+        if decide_on not in MODES:
+            raise ValueError(f"decide_on: unknown {decide_on!r} (known: {', '.join(MODES)})")
+        if rho < 0:
+            raise ValueError(f"rho must be >= 0, got {rho}")
+        if rho_warmup_steps < rho_free_steps:
+            raise ValueError(f"rho_warmup_steps={rho_warmup_steps} is before rho_free_steps={rho_free_steps}")
+        self.spec = spec
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.threshold = float(threshold)
+        self.rho = float(rho)
+        self.rho_free_steps = int(rho_free_steps)
+        self.rho_warmup_steps = int(rho_warmup_steps)
+        self.shrink_every = int(shrink_every)
+        self.min_saving_macs = int(min_saving_macs)
+        self.target_macs = None if target_macs is None else int(target_macs)
+        self.total_steps = total_steps
+        self.decide_on = decide_on
+        self.ema = ema
+        self.num_shrinks = 0
+        self.last_rho = 0.0
+        self._penalty = ResourcePenalty(model, spec, self.input_size, self.threshold)
+        self.rho_controller: RhoController | None = None
+        if self.target_macs is not None:
+            if total_steps is None:
+                raise ValueError("target_macs needs total_steps (the path to the target spans the run)")
+            if not self.rho > 0:
+                raise ValueError("target_macs needs rho > 0 as the starting value of the adapted rho")
+            floor = min_reachable_macs(spec, self.input_size)
+            if self.target_macs < floor:
+                raise BudgetError(
+                    f"target_macs={self.target_macs} is below the minimum reachable cost {floor} "
+                    f"MACs at {self.input_size[0]}x{self.input_size[1]}"
+                )
+            start = self.rho_warmup_steps
+            end = max(start + 1, start + round(reach_fraction * (int(total_steps) - start)))
+            every = rho_update_every or max(1, (end - start) // 200)
+            self.rho_controller = RhoController(
+                self.rho, cost(spec, self.input_size).macs, self.target_macs, start, end, update_every=every
+            )
+
+    # --- penalty ------------------------------------------------------------------------------------
+    @property
+    def normalizer(self) -> float:
+        """Z of the penalty (MACs), fixed for the run."""
+        return self._penalty.normalizer
+
+    def current_rho(self) -> float:
+        """The full ρ now (adapted when a target is set)."""
+        return self.rho_controller.rho if self.rho_controller is not None else self.rho
+
+    def penalty(self, model: nn.Module, step: int) -> Tensor:
+        """``ρ(step)·Σπ|γ|`` (0-d, differentiable w.r.t. the γ; a constant 0 while ρ(step) = 0).
+
+        ``step`` = optimizer steps already taken. With a target, ρ is updated first when due, from the
+        MACs the network would have after a shrink now (read from ``model`` and the EMA).
+        """
+        if self.rho_controller is not None and self.rho_controller.due(step):
+            self.rho_controller.update(step, self.predicted_macs(model))
+        rho_t = rho_at(step, self.current_rho(), self.rho_free_steps, self.rho_warmup_steps)
+        self.last_rho = rho_t
+        if rho_t == 0.0:
+            return torch.zeros((), device=next(as_hrnet(model).parameters()).device)
+        return rho_t * self._penalty(model)
+
+    # --- shrinking ----------------------------------------------------------------------------------
+    def _mode(self, final: bool) -> str:
+        if self.ema is None:
+            return "current"
+        if final and self.decide_on == "ema_and_current":
+            return "ema"
+        return self.decide_on
+
+    def decide(self, model: nn.Module, final: bool = False) -> Keep:
+        """The keep decision a shrink would use now (alive units; with ``final`` and a target, pruned to
+        the budget). Nothing is mutated."""
+        mode = self._mode(final)
+        ema_module = None if self.ema is None else self.ema.module
+        keep = alive_masks(model, self.spec, self.threshold, ema_module, mode)
+        if final and self.target_macs is not None:
+            ranking = ema_module if mode == "ema" and ema_module is not None else model
+            keep = prune_to_budget(ranking, self.spec, self.target_macs, self.input_size, keep)
+        return keep
+
+    def predicted_macs(self, model: nn.Module) -> int:
+        """MACs (at the penalty input size) of the network a non-final shrink would leave now."""
+        return cost(kept_spec(self.spec, self.decide(model)), self.input_size).macs
+
+    def should_shrink(self, step: int) -> bool:
+        """True every ``shrink_every`` steps (``step`` = optimizer steps taken, > 0)."""
+        return self.shrink_every > 0 and step > 0 and step % self.shrink_every == 0
+
+    def shrink_now(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ema: ModelEma | None,
+        step: int,
+        final: bool = False,
+        sync: Callable[[Any], Any] | None = None,
+    ) -> ShrinkResult:
+        """Remove the dead units if that saves at least ``min_saving_macs`` (any saving when ``final``).
+
+        Args:
+            model: the trained model (possibly DDP-wrapped); not modified.
+            optimizer: its optimizer; not modified (a remapped one is returned).
+            ema: the EMA (or None); its shadow is replaced by the shrunk shadow (mutated).
+            step: optimizer steps taken (for the record).
+            final: the last shrink of the run: EMA-only decision, budget pruning with a target.
+            sync: maps the plain keep decision (:func:`keep_to_lists`) to the one to apply, e.g.
+                ``hrnas.engine.distributed.broadcast_object`` so that every rank applies rank 0's.
+
+        Returns:
+            :class:`ShrinkResult` with the new spec, a bare (unwrapped) new model in the old model's
+            device/dtype/mode, the remapped optimizer, the EMA and a JSON-able record: ``step``,
+            ``final``, ``shrunk``, ``decide_on``, ``macs_before``, ``macs``, ``params``, ``saving_macs``,
+            ``target_macs``, ``input_size``, ``rho`` (full), ``rho_t`` (scheduled), ``blocks``
+            (:func:`architecture_record`). The controller's spec and penalty follow the new model.
+        """
+        if ema is not None:
+            self.ema = ema
+        mode = self._mode(final)
+        keep = self.decide(model, final)
+        if sync is not None:
+            keep = keep_from_lists(sync(keep_to_lists(keep)))
+        before = cost(self.spec, self.input_size)
+        after = cost(kept_spec(self.spec, keep), self.input_size)
+        saving = before.macs - after.macs
+        do_shrink = saving > 0 and (final or saving >= self.min_saving_macs)
+        record: dict[str, Any] = {
+            "step": int(step),
+            "final": bool(final),
+            "shrunk": bool(do_shrink),
+            "decide_on": mode,
+            "macs_before": before.macs,
+            "macs": after.macs if do_shrink else before.macs,
+            "params": after.params if do_shrink else before.params,
+            "saving_macs": saving,
+            "target_macs": self.target_macs,
+            "input_size": list(self.input_size),
+            "rho": self.current_rho(),
+            "rho_t": rho_at(step, self.current_rho(), self.rho_free_steps, self.rho_warmup_steps),
+        }
+        if not do_shrink:
+            record["blocks"] = architecture_record(self.spec)
+            return ShrinkResult(self.spec, model, optimizer, ema, record)
+        net = as_hrnet(model)
+        new_spec, new_model, maps = shrink(net, self.spec, keep)
+        new_optimizer = remap_optimizer(optimizer, net, new_model, maps)
+        if ema is not None:
+            _, new_shadow, _ = shrink(ema.module, self.spec, keep)
+            ema.replace_module(new_shadow)
+        self.spec = new_spec
+        self._penalty = self._penalty.rebuild(new_model, new_spec)
+        self.num_shrinks += 1
+        record["blocks"] = architecture_record(new_spec)
+        return ShrinkResult(new_spec, new_model, new_optimizer, ema, record)
+
+    # --- checkpointing ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain state to checkpoint with the model: ``normalizer`` (Z), ``num_shrinks`` and the ρ
+        controller's state (None without a target). The spec is checkpointed by the caller."""
+        return {
+            "normalizer": self.normalizer,
+            "num_shrinks": self.num_shrinks,
+            "rho_controller": None if self.rho_controller is None else self.rho_controller.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        """Restore from :meth:`state_dict`; ``model`` is the (possibly shrunk) model of ``self.spec``."""
+        search_blocks(model, self.spec)
+        self._penalty = ResourcePenalty(model, self.spec, self.input_size, self.threshold, float(state["normalizer"]))
+        self.num_shrinks = int(state["num_shrinks"])
+        rc = state.get("rho_controller")
+        if rc is not None:
+            if self.rho_controller is None:
+                raise ValueError("the saved search had a MAC target, this controller has none")
+            self.rho_controller.load_state_dict(rc)
