@@ -1,0 +1,283 @@
+"""ONNX export of a network's inference form, checked against PyTorch in ONNX Runtime.
+
+:func:`export_onnx` exports :func:`hrnas.space.deploy.deploy` of the model (BatchNorm folded into the
+convolutions, dropout removed, eval mode) for one fixed input size ``(H, W)``, optionally with a dynamic
+batch axis, then runs the file in ONNX Runtime (``CPUExecutionProvider``) on a seeded random input and
+compares every output with PyTorch's. The file appears at ``out_path`` only after it has been written and
+checked completely (temporary file + ``os.replace``), so a failed export or a failed comparison leaves no
+partial or unchecked file behind.
+
+Exporter choice. ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript, the default since torch
+2.9) is used by default: it is the maintained exporter, it records the graph from torch.export's
+semantics rather than from a trace, and it exports every operator these networks use (bilinear resizes
+of odd sizes, nearest ×2 upsampling, the transformer's batched matmuls, softmax and LayerNorm, and the
+``split``/``cat`` of the mixed depthwise convolution). ``dynamo=False`` selects the legacy TorchScript
+exporter, which gives the same graphs and outputs about ten times faster on a CPU but is deprecated and
+slated for removal; it is correct here only because every Python branch of the forward pass depends on
+the input's height and width, which an export fixes, and not on the batch size or the values.
+
+Two details of the dynamo path: torch.export specialises a dimension of size 1, so a dynamic batch axis
+is exported from an example batch of 2; and weights are embedded in the ``.onnx`` file (no external
+data file), which keeps the write atomic and limits a model to ONNX's 2 GB protobuf size.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hrnas.space.deploy import deploy
+
+INPUT_NAME = "images"
+
+
+class ExportError(RuntimeError):
+    """The export failed, or ONNX Runtime's outputs differ from PyTorch's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_onnx` wrote and how closely ONNX Runtime reproduced PyTorch.
+
+    Attributes:
+        path: the ``.onnx`` file.
+        max_abs_diff: largest ``|onnxruntime − torch|`` over all outputs and checked batches (``None``
+            when the check was skipped).
+        max_abs_output: largest ``|torch|`` output value in the check, to put ``max_abs_diff`` in scale.
+        onnxruntime_version: version of the ONNX Runtime that ran the check (``None`` when skipped).
+        torch_version: version of PyTorch that exported the file.
+        opset: the default-domain opset of the written model.
+        exporter: ``"dynamo"`` or ``"torchscript"``.
+        input_name: name of the model's single input, ``(N, C, H, W)`` float32.
+        input_shape: shape of the example input the model was exported with.
+        output_names: names of the outputs, in the model's order.
+        output_shapes: shapes of the outputs for the example input.
+        dynamic_batch: whether the batch axis of the input and outputs is symbolic.
+        checked_batches: batch sizes run through ONNX Runtime by the check.
+        export_seconds: wall time of the export itself.
+    """
+
+    path: Path
+    max_abs_diff: float | None
+    max_abs_output: float | None
+    onnxruntime_version: str | None
+    torch_version: str
+    opset: int
+    exporter: str
+    input_name: str
+    input_shape: tuple[int, ...]
+    output_names: tuple[str, ...]
+    output_shapes: tuple[tuple[int, ...], ...]
+    dynamic_batch: bool
+    checked_batches: tuple[int, ...]
+    export_seconds: float
+
+
+def _flatten_outputs(out: object) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, list | tuple) and out and all(isinstance(t, Tensor) for t in out):
+        return list(out)
+    raise ExportError(f"the model must return a tensor or a tuple of tensors, got {type(out).__name__}")
+
+
+def _default_in_channels(model: nn.Module) -> int:
+    spec = getattr(model, "spec", None)
+    stem = getattr(spec, "stem", None)
+    return int(getattr(stem, "in_channels", 3))
+
+
+def _export(
+    model: nn.Module,
+    example: Tensor,
+    path: Path,
+    output_names: list[str],
+    opset: int | None,
+    dynamic_batch: bool,
+    dynamo: bool,
+) -> None:
+    if dynamo:
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=output_names,
+            opset_version=opset,
+            dynamic_shapes=dynamic_shapes,
+            external_data=False,
+            verbose=False,
+        )
+        return
+    dynamic_axes = {name: {0: "batch"} for name in [INPUT_NAME, *output_names]} if dynamic_batch else None
+    with warnings.catch_warnings():
+        # the tracer warns about shape comparisons; they depend only on (H, W), which the export fixes
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=output_names,
+            opset_version=opset if opset is not None else 17,
+            dynamic_axes=dynamic_axes,
+        )
+
+
+def _compare(path: Path, model: nn.Module, inputs: list[Tensor]) -> tuple[float, float, str]:
+    """Max |ORT − torch| and max |torch| over all outputs of all ``inputs``, and the ORT version."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    max_diff = max_out = 0.0
+    for x in inputs:
+        with torch.no_grad():
+            expected = [t.numpy() for t in _flatten_outputs(model(x))]
+        got = session.run(None, {INPUT_NAME: x.numpy()})
+        if len(got) != len(expected):
+            raise ExportError(f"{path}: ONNX Runtime returned {len(got)} outputs, PyTorch {len(expected)}")
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            if a.shape != b.shape:
+                raise ExportError(
+                    f"{path}: output {i} has shape {a.shape} in ONNX Runtime but {b.shape} in PyTorch "
+                    f"(batch {x.shape[0]})"
+                )
+            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            if not np.all(np.isfinite(diff)):
+                raise ExportError(f"{path}: output {i} is not finite in ONNX Runtime or PyTorch (batch {x.shape[0]})")
+            max_diff = max(max_diff, float(diff.max(initial=0.0)))
+            max_out = max(max_out, float(np.abs(b).max(initial=0.0)))
+    return max_diff, max_out, ort.__version__
+
+
+def export_onnx(
+    model: nn.Module,
+    out_path: str | os.PathLike[str],
+    input_size: Sequence[int] = (224, 224),
+    in_channels: int | None = None,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    check: bool = True,
+    atol: float = 1e-4,
+    rtol: float = 1e-6,
+    *,
+    dynamo: bool = True,
+    seed: int = 0,
+) -> ExportReport:
+    """Export the deployed form of ``model`` to ONNX and check it in ONNX Runtime.
+
+    Args:
+        model: a network taking ``(N, C, H, W)`` float images and returning a tensor (or a tuple of
+            tensors), e.g. :func:`hrnas.space.network.build_model`'s. It is not modified: a BN-folded,
+            eval-mode, float32 CPU copy is exported (:func:`hrnas.space.deploy.deploy`).
+        out_path: the ``.onnx`` file to write; parent folders are created. It is replaced atomically and
+            only once the export (and the check, when enabled) succeeded.
+        input_size: (H, W) of the input. The graph is exported for this size only (the resizes between
+            branches depend on it); any size the network accepts works, odd ones included.
+        in_channels: C of the input; ``None`` reads ``model.spec.stem.in_channels`` when the model carries
+            a spec, else 3.
+        opset: ONNX opset; ``None`` takes the exporter's default (20 for ``dynamo=True`` with torch 2.14;
+            17 for the TorchScript exporter). The opset actually written is in the report.
+        dynamic_batch: make the batch axis of the input and outputs symbolic, so any N runs.
+        check: run the file in ONNX Runtime (CPUExecutionProvider) on random inputs — the example batch
+            (2 with a dynamic batch, else 1) and, with a dynamic batch, also a batch of 3 — and compare
+            with the deployed PyTorch model.
+        atol, rtol: the largest accepted ``|onnxruntime − torch|`` over all output values is
+            ``atol + rtol · max|torch output|`` (float32 rounding grows with the output's magnitude).
+        dynamo: use the torch.export-based exporter (default) or, with ``False``, the legacy TorchScript
+            exporter (faster, deprecated; see the module docstring).
+        seed: seed of the random check input, drawn from a private generator.
+
+    Returns:
+        An :class:`ExportReport`.
+
+    Raises:
+        ExportError: the exporter failed, or an output differs by more than ``atol`` (or in shape, or is
+            not finite). Nothing is left at ``out_path`` by a failed call (a previous file stays untouched).
+        ValueError: ``input_size`` is not two positive integers.
+    """
+    if len(input_size) != 2 or any(int(s) < 1 for s in input_size):
+        raise ValueError(f"input_size must be (H, W) with positive sides, got {tuple(input_size)}")
+    height, width = (int(s) for s in input_size)
+    channels = _default_in_channels(model) if in_channels is None else int(in_channels)
+    out_path = Path(out_path)
+    deployed = deploy(model).to(device="cpu", dtype=torch.float32)
+
+    generator = torch.Generator().manual_seed(seed)
+    batch = 2 if dynamic_batch else 1  # torch.export specialises a dimension of size 1
+    example = torch.randn(batch, channels, height, width, generator=generator)
+    with torch.no_grad():
+        example_out = _flatten_outputs(deployed(example))
+    output_names = ["output"] if len(example_out) == 1 else [f"output_{i}" for i in range(len(example_out))]
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        start = time.perf_counter()
+        try:
+            _export(deployed, example, tmp, output_names, opset, dynamic_batch, dynamo)
+        except Exception as exc:
+            raise ExportError(f"{out_path}: ONNX export failed: {type(exc).__name__}: {exc}") from exc
+        seconds = time.perf_counter() - start
+        if not tmp.is_file():
+            raise ExportError(f"{out_path}: the exporter wrote no file")
+        import onnx
+
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        written_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
+
+        max_diff = max_out = None
+        ort_version = None
+        checked: tuple[int, ...] = ()
+        if check:
+            inputs = [example]
+            if dynamic_batch:
+                inputs.append(torch.randn(3, channels, height, width, generator=generator))
+            max_diff, max_out, ort_version = _compare(tmp, deployed, inputs)
+            checked = tuple(int(x.shape[0]) for x in inputs)
+            if max_diff > atol + rtol * max_out:
+                raise ExportError(
+                    f"{out_path}: ONNX Runtime output differs from PyTorch by up to {max_diff:.3g} "
+                    f"(atol {atol:.3g} + rtol {rtol:.3g} × largest output magnitude {max_out:.3g}); "
+                    "the file was not written"
+                )
+        os.replace(tmp, out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+    return ExportReport(
+        path=out_path,
+        max_abs_diff=max_diff,
+        max_abs_output=max_out,
+        onnxruntime_version=ort_version,
+        torch_version=torch.__version__,
+        opset=written_opset,
+        exporter="dynamo" if dynamo else "torchscript",
+        input_name=INPUT_NAME,
+        input_shape=tuple(example.shape),
+        output_names=tuple(output_names),
+        output_shapes=tuple(tuple(t.shape) for t in example_out),
+        dynamic_batch=dynamic_batch,
+        checked_batches=checked,
+        export_seconds=seconds,
+    )
+
+
+__all__ = ["INPUT_NAME", "ExportError", "ExportReport", "export_onnx"]
