@@ -1,0 +1,108 @@
+"""Bad specs are rejected with the path of the bad value; the CLI turns that into a one-line error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hrnas.space.spec import NetSpec, SpecError
+from hrnas.space.zoo import ZooError, get_spec
+
+
+def _spec_dict() -> dict:
+    return get_spec("test_seg").to_dict()
+
+
+def _expect(d: dict, message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        NetSpec.from_dict(d)
+    assert message in str(info.value), str(info.value)
+
+
+def test_unknown_key_is_named() -> None:
+    d = _spec_dict()
+    d["stages"][1]["parallel"][0][0]["expand"] = 4
+    _expect(d, "stages[1].parallel[0][0].expand: unknown key")
+
+
+def test_mismatched_lists() -> None:
+    d = _spec_dict()
+    d["stages"][2]["parallel"][1][0]["hidden"] = [4, 4]
+    _expect(d, "stages[2].parallel[1][0].hidden: 2 entries but kernel_sizes has 3")
+
+
+def test_negative_channels() -> None:
+    d = _spec_dict()
+    d["stages"][0]["fuse"][0]["block"]["hidden"][1] = -3
+    _expect(d, "stages[0].fuse[0].block.hidden[1]: must be >= 0, got -3")
+
+
+def test_inconsistent_wiring() -> None:
+    d = _spec_dict()
+    d["stages"][1]["parallel"][1][0]["in_channels"] = 7
+    _expect(d, "stages[1].parallel[1][0].in_channels: 7 but its input has 16 channels")
+    d = _spec_dict()
+    d["stages"][1]["new_branch"]["stride"] = 1
+    _expect(d, "stages[1].new_branch.stride: must be 2 here")
+    d = _spec_dict()
+    d["head"]["transform"]["in_channels"] = 10
+    _expect(d, "head.transform.in_channels: 10 but its input has 48 channels")
+
+
+def test_even_kernel_and_bad_head_kind() -> None:
+    d = _spec_dict()
+    d["stages"][0]["parallel"][0][0]["kernel_sizes"] = [3, 4, 7]
+    _expect(d, "stages[0].parallel[0][0].kernel_sizes[1]: must be a positive odd integer")
+    d = _spec_dict()
+    d["head"]["kind"] = "detection"
+    _expect(d, "head.kind: unknown head kind 'detection'")
+
+
+def test_unknown_zoo_name_lists_known() -> None:
+    with pytest.raises(ZooError, match="unknown zoo name 'nope'.*test_seg"):
+        get_spec("nope")
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read spec file"):
+        NetSpec.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SpecError, match="bad.json: not valid JSON"):
+        NetSpec.load(bad)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "no_such_net"),
+        ("{broken", "not valid JSON"),
+        (json.dumps({**_spec_dict(), "foo": 1}), "foo: unknown key"),
+    ],
+)
+def test_cli_cost_errors(tmp_path: Path, content: str | None, needle: str) -> None:
+    target = "no_such_net"
+    if content is not None:
+        target = str(tmp_path / "spec.json")
+        Path(target).write_text(content)
+    proc = subprocess.run([sys.executable, "-m", "hrnas.cli", "cost", target], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_cli_cost_json_and_zoo(tmp_path: Path) -> None:
+    spec_file = tmp_path / "arch.json"
+    get_spec("hrnas_imagenet_ref").save(spec_file)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hrnas.cli", "cost", str(spec_file), "--json"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["macs"] == 259232935 and out["params"] == 3893684
+    proc = subprocess.run([sys.executable, "-m", "hrnas.cli", "zoo"], capture_output=True, text=True)
+    assert "hrnas_cityscapes_supernet" in proc.stdout and "hrnas_imagenet_ref" in proc.stdout
