@@ -79,6 +79,28 @@ def test_search_reaches_budget_and_writes_outputs(demo_root: Path, tmp_path: Pat
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 11, 16, 16)
 
+    # retrain the searched architecture, inheriting the search's weights, through the CLI
+    cmd = [
+        sys.executable,
+        "-m",
+        "hrnas.cli",
+        "retrain",
+        "demo_seg",
+        "--arch",
+        str(tmp_path / "run" / "arch.json"),
+        "--init",
+        "inherit",
+        "--run-dir",
+        str(tmp_path / "retrain"),
+    ]
+    for item in _overrides(demo_root, "train.steps=2"):
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "miou" in proc.stdout
+    retrained = load_checkpoint(tmp_path / "retrain" / "last.pt")
+    assert NetSpec.from_dict(retrained["spec"]) == arch and retrained["step"] == 2
+
 
 def _train_cmd(root: Path, run_dir: Path, steps: int, *extra: str) -> list[str]:
     cmd = [sys.executable, "-m", "hrnas.cli", "train", "demo_seg", "--run-dir", str(run_dir)]
