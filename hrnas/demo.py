@@ -32,6 +32,10 @@ DEMO_SEARCH = [
     "search.rho_free_steps=25",
     "search.rho_warmup_steps=100",
     "search.target_macs=40M",
+    # a short search: a faster rate for the importance factors and a threshold above the factors'
+    # oscillation around zero under an adaptive optimizer (about factor lr)
+    "search.factor_lr_mult=10",
+    "search.threshold=0.05",
 ]
 DEMO_RETRAIN = ["train.steps=600", "train.eval_every=0", "train.checkpoint_every=200", "search.enabled=false"]
 QUICK = ["train.steps=12", "search.shrink_every=6", "search.rho_free_steps=0", "search.rho_warmup_steps=3",

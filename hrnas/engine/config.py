@@ -301,6 +301,10 @@ class SearchConfig:
             (the final size is an outcome of ρ, as in the paper). Accepts ``300M``/``1.4G``.
         penalty_input_size: ``[h, w]`` at which unit costs, savings and targets are measured; null = the
             training crop (``data.crop_size``). The paper profiles at 224×224 for every task.
+        factor_lr_mult: learning-rate multiplier of the importance factors (the γ of every depthwise
+            BN and of every transformer's query BN) during a search. Adaptive optimizers move a
+            parameter by about lr per step whatever its gradient, so a short search needs a larger
+            rate for the factors to reach the threshold; 1 = the paper's setting.
         decide_on: which γ decide liveness at a shrink: ``ema_and_current`` (kept if alive in either,
             the paper's rule; the last shrink uses the EMA only) | ``ema`` | ``current``.
     """
@@ -315,6 +319,7 @@ class SearchConfig:
     target_macs: int | None = _opt(None, minimum=1, macs=True)
     penalty_input_size: tuple[int, ...] | None = _opt(None, length=2, minimum=1)
     decide_on: str = _opt("ema_and_current", choices=("ema_and_current", "ema", "current"))
+    factor_lr_mult: float = _opt(1.0, minimum=0.0)
 
 
 @dataclass(frozen=True)

@@ -39,24 +39,37 @@ def rmsprop_torch_eps(tf_eps: float) -> float:
     return math.sqrt(tf_eps)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups over the trainable parameters: ``decay`` (≥ 2-d, ``weight_decay``) and ``no_decay``
-    (1-d and scalars, decay 0). Each group has a ``name`` and lists parameters in module order; empty
-    groups are dropped."""
-    decay, no_decay = [], []
+def param_groups(
+    model: nn.Module, weight_decay: float, factors: Iterable[torch.Tensor] = (), factor_lr: float | None = None
+) -> list[dict]:
+    """Groups over the trainable parameters: ``decay`` (≥ 2-d, ``weight_decay``) and ``no_decay`` (1-d
+    and scalars, decay 0); with ``factor_lr``, the tensors of ``factors`` (importance factors) form a
+    third group ``factors`` with that lr and no decay. Each group has a ``name`` and lists parameters in
+    module order; empty groups are dropped."""
+    special = {id(p) for p in factors} if factor_lr is not None else set()
+    decay, no_decay, factor = [], [], []
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim >= 2 else no_decay).append(param)
+        if id(param) in special:
+            factor.append(param)
+        else:
+            (decay if param.ndim >= 2 else no_decay).append(param)
     groups = [
         {"name": "decay", "params": decay, "weight_decay": weight_decay},
         {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
     ]
+    if factor:
+        groups.append({"name": "factors", "params": factor, "weight_decay": 0.0, "lr": factor_lr})
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg_optim: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg_optim: OptimConfig, factors: Iterable[torch.Tensor] = (), factor_lr_mult: float = 1.0
+) -> torch.optim.Optimizer:
     """Build the optimizer of ``cfg_optim`` over ``model``'s trainable parameters.
+
+    ``factors`` (the search's importance factors) get ``factor_lr_mult`` × lr when the multiplier is not 1.
 
     The lr is ``cfg_optim.lr`` (already for the global batch). With ``wd_mode: l2_conv_linear`` the
     optimizer's weight decay is 0 and the trainer must add :func:`l2_penalty` to the loss.
@@ -66,18 +79,18 @@ def build_optimizer(model: nn.Module, cfg_optim: OptimConfig) -> torch.optim.Opt
     """
     cfg = cfg_optim
     wd = cfg.weight_decay if cfg.wd_mode == "optimizer" else 0.0
-    groups = param_groups(model, wd)
+    factor_lr = cfg.lr * factor_lr_mult if factor_lr_mult != 1.0 else None
+    groups = param_groups(model, wd, factors, factor_lr)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=wd)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
     if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, momentum=cfg.momentum,
-                                   eps=rmsprop_torch_eps(cfg.eps), weight_decay=wd)
+        return torch.optim.RMSprop(
+            groups, lr=cfg.lr, alpha=cfg.alpha, momentum=cfg.momentum, eps=rmsprop_torch_eps(cfg.eps), weight_decay=wd
+        )
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps,
-                                 weight_decay=wd)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, weight_decay=wd)
     raise ValueError(f"unknown optimizer {cfg.name!r} (known: sgd, rmsprop, adamw)")
 
 

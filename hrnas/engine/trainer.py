@@ -147,7 +147,11 @@ class Trainer:
         if init_state is not None:
             _load_matching(model, init_state)
         self.model = self._place(model)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.optimizer = build_optimizer(
+            self.model,
+            cfg.optim,
+            *((_importance_factors(self.model), cfg.search.factor_lr_mult) if cfg.search.enabled else ()),
+        )
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.train.steps)
         self.ema = ModelEma(self.model, decay=cfg.train.ema_decay, global_batch=self.global_batch)
         self.search = None
@@ -427,6 +431,20 @@ class Trainer:
             title=f"searched for {self.cfg.task.name}",
             input_size=tuple(self.cfg.penalty_input_size),
         )
+
+
+def _importance_factors(model: nn.Module) -> list[torch.Tensor]:
+    """The γ of every depthwise BN and every transformer query BN (spec §4.1)."""
+    from hrnas.space.layers import SearchBlock
+
+    out = []
+    for module in model.modules():
+        if isinstance(module, SearchBlock):
+            if module.spec.total_hidden > 0:
+                out.append(module.dw_bn.weight)
+            if module.transformer is not None:
+                out.append(module.transformer.input_norm.weight)
+    return out
 
 
 def _load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
