@@ -192,14 +192,21 @@ class SearchController:
         return self.decide_on
 
     def decide(self, model: nn.Module, final: bool = False) -> Keep:
-        """The keep decision a shrink would use now (alive units; with ``final`` and a target, pruned to
-        the budget). Nothing is mutated."""
+        """The keep decision a shrink would use now: the alive units; with a target, never fewer than
+        the budget needs (when more died, the most important |γ|/MAC units up to the budget), and at the
+        ``final`` shrink pruned down to the budget. Nothing is mutated."""
         mode = self._mode(final)
         ema_module = None if self.ema is None else self.ema.module
         keep = alive_masks(model, self.spec, self.threshold, ema_module, mode)
-        if final and self.target_macs is not None:
+        if self.target_macs is not None:
             ranking = ema_module if mode == "ema" and ema_module is not None else model
-            keep = prune_to_budget(ranking, self.spec, self.target_macs, self.input_size, keep)
+            undershoot = cost(kept_spec(self.spec, keep), self.input_size).macs < self.target_macs
+            if undershoot:
+                # more units died than the budget asks for: never go below the target; keep the most
+                # important units (by |γ| per MAC) up to the budget, near-dead ones included
+                keep = prune_to_budget(ranking, self.spec, self.target_macs, self.input_size, None)
+            elif final:
+                keep = prune_to_budget(ranking, self.spec, self.target_macs, self.input_size, keep)
         return keep
 
     def predicted_macs(self, model: nn.Module) -> int:
