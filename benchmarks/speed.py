@@ -85,8 +85,10 @@ def main() -> None:
         eval_ips = args.batch * args.steps / (time.perf_counter() - t0)
 
     print(f"spec             {args.spec} (transformers {'on' if args.transformer else 'off'})")
-    print(f"input            {args.batch}×3×{h}×{w}, {'NCHW' if args.no_channels_last else 'channels_last'}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"input            {args.batch}×3×{h}×{w}, {'NCHW' if args.no_channels_last else 'channels_last'}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"cost             {format_macs(c.macs)} MACs/image, {c.params / 1e6:.3f} M params")
     print(f"train step       {train_ips:.2f} img/s  ({3 * c.macs * train_ips / 1e9:.1f} GMAC/s as 3× forward)")
     print(f"peak memory      {train_rss:.0f} MiB resident")
