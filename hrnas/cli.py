@@ -185,6 +185,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = task.evaluate(model.to(device), loader, device, progress=True)
     c = cost(spec, tuple(cfg.penalty_input_size))
     metrics = {**metrics, "macs": c.macs, "params": c.params, "checkpoint": str(args.checkpoint)}
+    if args.baselines:
+        if not hasattr(task, "baseline_metrics"):
+            from hrnas.tasks.base import TaskError
+
+            raise TaskError(f"--baselines: task {cfg.task.name!r} has no reference predictors")
+        metrics["baselines"] = task.baseline_metrics()
     shown = {k: v for k, v in metrics.items() if not isinstance(v, list)}
     print(json.dumps(shown, indent=1))
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval_metrics.json")
@@ -295,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root (default: the one the checkpoint was trained on)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--out", help="metrics JSON (default: eval_metrics.json beside the checkpoint)")
+    p.add_argument(
+        "--baselines", action="store_true", help="keypoints: also score the box-centre and mean-pose references"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="run a checkpoint on images and write visualisations")
