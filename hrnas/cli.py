@@ -13,6 +13,7 @@ EPILOG = """examples:
   hrnas demo                                   search, retrain, evaluate and export on the demo scenes
   hrnas zoo                                    list the zoo
   hrnas cost hrnas_cityscapes_supernet --input-size 512 1024 --no-transformer
+  hrnas cost pointpillars_bev --input-size 496 432   KITTI detector: VFE + backbone + anchor head
   hrnas search demo_seg --set search.target_macs=20M
   hrnas retrain demo_seg --arch runs/demo_seg-search/arch.json
   hrnas evaluate runs/demo_seg-retrain/final.pt
@@ -22,7 +23,7 @@ EPILOG = """examples:
 
 def _load_spec(ref: str, transformer: bool = True) -> Any:
     from hrnas.space.spec import NetSpec
-    from hrnas.space.zoo import get_spec, list_specs
+    from hrnas.space.zoo import get_spec, list_specs, load_spec_file
 
     if ref in list_specs():
         return get_spec(ref, transformer=transformer)
@@ -30,8 +31,8 @@ def _load_spec(ref: str, transformer: bool = True) -> Any:
         from hrnas.space.zoo import ZooError
 
         raise ZooError(f"unknown zoo name {ref!r} and no such spec file (known: {', '.join(list_specs())})")
-    spec = NetSpec.load(ref)
-    if not transformer:
+    spec = load_spec_file(ref)
+    if not transformer and isinstance(spec, NetSpec):
         from dataclasses import replace
 
         spec = spec.replace_blocks({p: replace(b, num_queries=0) for p, b in spec.blocks()})
@@ -51,10 +52,12 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 def cmd_cost(args: argparse.Namespace) -> int:
     from hrnas.space.cost import cost, format_macs
+    from hrnas.space.detector import detector_cost, is_detection_spec
 
     spec = _load_spec(args.spec, transformer=not args.no_transformer)
     size = tuple(args.input_size)
-    c = cost(spec, size)
+    # KITTI backbones are costed as whole detectors (PillarVFE + backbone + anchor head), by part
+    c = detector_cost(spec, size, num_pillars=args.pillars) if is_detection_spec(spec) else cost(spec, size)
     if args.json:
         out = {
             "spec": spec.name or args.spec,
@@ -272,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-transformer", action="store_true", help="remove every transformer first")
     p.add_argument("--per-module", action="store_true", help="one row per block instead of per stage")
+    p.add_argument(
+        "--pillars",
+        type=int,
+        default=0,
+        metavar="N",
+        help="KITTI backbones: also count the PillarVFE's MACs for N pillars (default 0, as the published figures)",
+    )
     p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("plot", help="draw an architecture (Fig. 4 style)")

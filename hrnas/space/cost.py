@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from hrnas.space.pointpillars import PointPillarsSpec
 from hrnas.space.spec import BlockSpec, ClassificationHeadSpec, NetSpec
 
 HW = tuple[int, int]
@@ -144,8 +145,10 @@ def branch_sizes(spec: NetSpec, input_size: HW) -> list[HW]:
     return sizes
 
 
-def cost(spec: NetSpec, input_size: HW = (224, 224)) -> Cost:
+def cost(spec: NetSpec | PointPillarsSpec, input_size: HW = (224, 224)) -> Cost:
     """Exact MACs and parameters of ``build_model(spec)`` on one ``input_size`` image (H, W)."""
+    if isinstance(spec, PointPillarsSpec):
+        return pointpillars_cost(spec, input_size)
     items: list[CostItem] = []
     hw = tuple(input_size)
     cin = spec.stem.in_channels
@@ -162,9 +165,34 @@ def cost(spec: NetSpec, input_size: HW = (224, 224)) -> Cost:
         cin, last = head.incre[-1].out_channels, head.last_channels
         items.append(CostItem("head.final", cin * last * _area(sizes[-1]), cin * last + 2 * last))
         items.append(CostItem("head.classifier", last * head.num_classes, last * head.num_classes + head.num_classes))
-    else:
+    elif head.kind != "detection":  # a detection head ends at its transform block
         cin, k = head.transform.out_channels, head.num_outputs
         items.append(CostItem("head.classifier", cin * k * _area(sizes[0]), cin * k + k))
+    return Cost(sum(i.macs for i in items), sum(i.params for i in items), tuple(items))
+
+
+def pointpillars_cost(spec: PointPillarsSpec, input_size: HW) -> Cost:
+    """Exact MACs and parameters of the PointPillars BEV backbone on a (C, H, W) pseudo-image, one item
+    per block (``blocks[i]``: its 3×3 convs) and per upsampling (``deblocks[i]``: the transposed conv,
+    counted as FlopCounterMode does, C_in·C_out·s²·A_in). BN adds 2 parameters per channel."""
+    spec.output_size(input_size)  # rejects sizes whose upsampled maps would not concatenate
+    items: list[CostItem] = []
+    cin = spec.in_channels
+    for i, (b, hw) in enumerate(zip(spec.blocks, spec.block_sizes(input_size), strict=True)):
+        c = b.out_channels
+        convs = [(cin, c)] + [(c, c)] * b.num_layers
+        items.append(
+            CostItem(
+                f"blocks[{i}]",
+                sum(9 * ci * co for ci, co in convs) * _area(hw),
+                sum(9 * ci * co + 2 * co for ci, co in convs),
+            )
+        )
+        s2 = b.up_stride * b.up_stride
+        items.append(
+            CostItem(f"deblocks[{i}]", c * b.up_channels * s2 * _area(hw), c * b.up_channels * s2 + 2 * b.up_channels)
+        )
+        cin = c
     return Cost(sum(i.macs for i in items), sum(i.params for i in items), tuple(items))
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from hrnas.space.layers import ConvBNAct, SearchBlock
+from hrnas.space.pointpillars import DeconvBNAct
 from hrnas.space.transformer import LightTransformer
 
 
@@ -37,6 +38,26 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: slice | None = None) 
     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
     bias = shift if conv.bias is None else conv.bias * scale + shift
     fused.bias.copy_(bias)
+    return fused
+
+
+@torch.no_grad()
+def fold_bn_transposed(conv: nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.ConvTranspose2d:
+    """A transposed conv (groups 1) with bias equal to ``bn(conv(x))`` in eval mode."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.ConvTranspose2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.output_padding,
+        bias=True,
+        dilation=conv.dilation,
+    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.view(1, -1, 1, 1))  # weight is (C_in, C_out, k, k)
+    shift = bn.bias - bn.running_mean * scale
+    fused.bias.copy_(shift if conv.bias is None else conv.bias * scale + shift)
     return fused
 
 
@@ -80,6 +101,9 @@ def deploy(model: nn.Module) -> nn.Module:
             _deploy_transformer(module)
         elif isinstance(module, ConvBNAct) and isinstance(module[1], nn.BatchNorm2d):
             module[0] = fold_bn(module[0], module[1])
+            module[1] = nn.Identity()
+        elif isinstance(module, DeconvBNAct) and isinstance(module[1], nn.BatchNorm2d):
+            module[0] = fold_bn_transposed(module[0], module[1])
             module[1] = nn.Identity()
     _strip_dropout(model)
     for p in model.parameters():

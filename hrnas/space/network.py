@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrnas.space.layers import ConvBNAct, SearchBlock, make_activation
+from hrnas.space.pointpillars import PointPillarsBEV, PointPillarsSpec
 from hrnas.space.spec import BlockSpec, ClassificationHeadSpec, DenseHeadSpec, NetSpec, StageSpec
 
 
@@ -126,17 +127,22 @@ class ClassificationHead(nn.Module):
 
 
 class DenseHead(nn.Module):
-    """Branch features → (B, num_outputs, H_0, W_0) at the resolution of branch 0 (spec §2.7)."""
+    """Branch features → (B, num_outputs, H_0, W_0) at the resolution of branch 0 (spec §2.7).
+
+    A ``detection`` head has no classifier: it returns the transform's BEV features for an anchor head.
+    """
 
     def __init__(self, head: DenseHeadSpec, net: NetSpec) -> None:
         super().__init__()
         self.transform = _block(head.transform, net)
-        self.classifier = nn.Conv2d(head.transform.out_channels, head.num_outputs, 1, bias=True)
+        self.classifier = (
+            None if head.kind == "detection" else nn.Conv2d(head.transform.out_channels, head.num_outputs, 1, bias=True)
+        )
 
     def forward(self, xs: list[Tensor]) -> Tensor:
         ref = xs[0]
-        y = torch.cat([ref] + [_resize_to(x, ref) for x in xs[1:]], dim=1)
-        return self.classifier(self.transform(y))
+        y = self.transform(torch.cat([ref] + [_resize_to(x, ref) for x in xs[1:]], dim=1))
+        return y if self.classifier is None else self.classifier(y)
 
 
 class HRNet(nn.Module):
@@ -179,9 +185,10 @@ def init_weights(model: nn.Module, method: str = "mnas") -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_model(spec: NetSpec, init: str = "mnas") -> HRNet:
-    """Build the network described by ``spec`` (pure: no globals, no I/O)."""
-    model = HRNet(spec)
+def build_model(spec: NetSpec | PointPillarsSpec, init: str = "mnas") -> HRNet | PointPillarsBEV:
+    """Build the network described by ``spec`` (pure: no globals, no I/O): an :class:`HRNet` for a
+    :class:`NetSpec`, a :class:`PointPillarsBEV` for a :class:`PointPillarsSpec`."""
+    model = PointPillarsBEV(spec) if isinstance(spec, PointPillarsSpec) else HRNet(spec)
     init_weights(model, init)
     return model
 

@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from hrnas.space.cost import cost, format_macs
-from hrnas.space.spec import BlockSpec, ClassificationHeadSpec, NetSpec
+from hrnas.space.spec import BlockSpec, ClassificationHeadSpec, NetSpec, SpecError
 
 KERNEL_COLOURS = {3: "#4C72B0", 5: "#55A868", 7: "#DD8452"}
 QUERY_COLOUR = "#8172B3"
@@ -186,7 +186,12 @@ def plot_architecture(
     Raises:
         ValueError: ``supernet`` does not have the block structure of ``spec``, or ``input_size`` is not two
             positive integers.
+        SpecError: ``spec`` is not a NetSpec (e.g. the fixed PointPillars backbone, which has no search blocks).
     """
+    for what, s in (("spec", spec), ("supernet", supernet)):
+        if s is not None and not isinstance(s, NetSpec):
+            name = getattr(s, "name", "") or type(s).__name__
+            raise SpecError(f"{what}: {name} is a fixed {type(s).__name__} without search blocks; plot draws NetSpecs")
     if len(input_size) != 2 or any(int(side) < 1 for side in input_size):
         raise ValueError(f"input_size must be (H, W) with positive sides, got {tuple(input_size)}")
     out_path = Path(out_path)
@@ -299,6 +304,8 @@ def plot_architecture(
     last = slots[-1]
     if isinstance(head, ClassificationHeadSpec):
         note = f"1×1 conv {head.last_channels}\npool, FC {head.num_classes}"
+    elif head.kind == "detection":
+        note = f"{head.num_outputs} BEV features\n→ anchor head"
     else:
         note = f"1×1 conv → {head.num_outputs}\n({head.kind})"
     ax.text(last.x + 0.55, base(last.row) + 0.5, note, fontsize=5.5, ha="left", va="center", color="#444444")

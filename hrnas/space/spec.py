@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ACTIVATIONS = ("relu", "swish")
-DENSE_HEAD_KINDS = ("segmentation", "keypoints")
+DENSE_HEAD_KINDS = ("segmentation", "keypoints", "detection")
 
 
 class SpecError(ValueError):
@@ -114,7 +114,10 @@ class ClassificationHeadSpec:
 class DenseHeadSpec:
     """Dense head (segmentation logits or keypoint heatmaps, spec §2.7): every branch is bilinearly
     upsampled to branch 0, concatenated, passed through the ``transform`` block and a 1×1 conv with bias
-    to ``num_outputs`` channels at the resolution of branch 0."""
+    to ``num_outputs`` channels at the resolution of branch 0.
+
+    ``kind="detection"`` (KITTI, docs/kitti.md) ends at the ``transform`` block: its ``num_outputs`` =
+    ``transform.out_channels`` channels are the BEV features an anchor head reads (no 1×1 conv here)."""
 
     num_outputs: int
     transform: BlockSpec
@@ -473,6 +476,11 @@ def _walk(spec: NetSpec) -> list[list[int]]:
         if head.kind not in DENSE_HEAD_KINDS:
             raise SpecError(f"head.kind: unknown dense head kind {head.kind!r}")
         _check_block(head.transform, "head.transform", sum(channels), 1)
+        if head.kind == "detection" and head.num_outputs != head.transform.out_channels:
+            raise SpecError(
+                f"head.num_outputs: {head.num_outputs} but a detection head outputs its transform's "
+                f"{head.transform.out_channels} channels"
+            )
     else:
         raise SpecError(f"head: expected a head spec, got {type(head).__name__}")
     return history

@@ -4,14 +4,19 @@ Supernets follow the authors' configs (spec §2.3, §2.8): stages ``[branches, b
 channels per branch]`` = 1/[1]/[24], 2/[2,2]/[18,36], 3/[2,2,3]/[18,36,72], 4/[2,2,3,4]/[18,36,72,144]
 twice, expansion ratio 4 for each of the kernels 3/5/7, transformers with 64 queries in the residual
 blocks. ``hrnas_imagenet_ref`` is the searched ImageNet architecture of the authors' ``checkpoint.json``
-(spec Appendix A).
+(spec Appendix A). ``pointpillars_bev`` and ``hrnas_kitti_supernet`` are the KITTI 2D backbones on the
+64-channel BEV pseudo-image (docs/kitti.md).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
+from hrnas.space.pointpillars import POINTPILLARS_KIND, PointPillarsSpec, pointpillars_bev_spec
 from hrnas.space.spec import (
     BlockSpec,
     ClassificationHeadSpec,
@@ -83,7 +88,8 @@ def supernet_spec(
     bn_eps: float = 1e-3,
     token_grid: int = 8,
 ) -> NetSpec:
-    """The HR-NAS supernet for a head (``classification``, ``segmentation`` or ``keypoints``).
+    """The HR-NAS supernet for a head (``classification``, ``segmentation``, ``keypoints`` or ``detection``;
+    for ``detection``, ``num_outputs`` = ``last_channels`` = the BEV feature channels).
 
     ``transformer`` places transformers with ``num_queries`` queries in no block, in every residual
     block (the default) or in every block. ``last_channels`` is the width of the dense head's transform
@@ -230,13 +236,14 @@ def imagenet_reference_spec(num_classes: int = 1000, dropout: float = 0.2) -> Ne
 
 # --- registry ---------------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, tuple[Callable[..., NetSpec], str]] = {}
+AnySpec = NetSpec | PointPillarsSpec
+_REGISTRY: dict[str, tuple[Callable[..., AnySpec], str]] = {}
 
 
-def register(name: str, description: str) -> Callable[[Callable[..., NetSpec]], Callable[..., NetSpec]]:
-    """Register a spec factory ``fn(transformer: bool = True) -> NetSpec`` under ``name``."""
+def register(name: str, description: str) -> Callable[[Callable[..., AnySpec]], Callable[..., AnySpec]]:
+    """Register a spec factory ``fn() -> NetSpec | PointPillarsSpec`` under ``name``."""
 
-    def deco(fn: Callable[..., NetSpec]) -> Callable[..., NetSpec]:
+    def deco(fn: Callable[..., AnySpec]) -> Callable[..., AnySpec]:
         if name in _REGISTRY:
             raise ZooError(f"zoo name {name!r} is already registered")
         _REGISTRY[name] = (fn, description)
@@ -250,14 +257,38 @@ def list_specs() -> dict[str, str]:
     return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
 
 
-def get_spec(name: str, transformer: bool = True) -> NetSpec:
-    """The zoo spec ``name``; ``transformer=False`` removes every transformer."""
+def get_spec(name: str, transformer: bool = True) -> AnySpec:
+    """The zoo spec ``name``; ``transformer=False`` removes every transformer (a PointPillarsSpec has none)."""
     if name not in _REGISTRY:
         raise ZooError(f"unknown zoo name {name!r} (known: {', '.join(sorted(_REGISTRY))})")
     spec = _REGISTRY[name][0]()
-    if not transformer:
+    if not transformer and isinstance(spec, NetSpec):
         spec = spec.replace_blocks({p: replace(b, num_queries=0) for p, b in spec.blocks()})
     return spec
+
+
+def spec_from_dict(data: Any, source: str = "<json>") -> AnySpec:
+    """A NetSpec, or a PointPillarsSpec when ``data["kind"] == "pointpillars"``."""
+    try:
+        if isinstance(data, dict) and data.get("kind") == POINTPILLARS_KIND:
+            return PointPillarsSpec.from_dict(data)
+        return NetSpec.from_dict(data)
+    except SpecError as exc:
+        raise SpecError(f"{source}: {exc}") from None
+
+
+def load_spec_file(path: str | Path) -> AnySpec:
+    """Read a spec JSON file of either kind (see :func:`spec_from_dict`); errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec file ({exc.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return spec_from_dict(data, source=str(path))
 
 
 def _supernet(name: str, head: str, num_outputs: int, **kw: object) -> Callable[[], NetSpec]:
@@ -327,4 +358,40 @@ register("test_cls_all", "tiny classification net with transformers in every blo
         cls_head_channels=(12, 16, 24),
         **{**_TEST_KW, "transformer": "all"},
     )
+)
+
+# --- KITTI 3D detection (docs/kitti.md) -------------------------------------------------------------
+
+KITTI_EXPAND_RATIO = 2.0
+KITTI_HEAD_EXPAND_RATIO = 1 / 3
+
+
+def kitti_supernet_spec(name: str = "hrnas_kitti_supernet", **kw: Any) -> NetSpec:
+    """The HR-NAS supernet on the (64, 496, 432) BEV pseudo-image with (384, 248, 216) BEV features out.
+
+    The authors' stage layout (4 branches of 18/36/72/144 channels, 61 blocks, 3/5/7 kernels, 64-query
+    transformers in the residual blocks) one octave higher: a single stride-2 stem conv 64→24, so the
+    branches run at 1/2, 1/4, 1/8 and 1/16 of the grid and branch 0 is the anchor grid. Expansion ratio
+    2 and a transform 270→384 with 90 hidden channels per kernel keep it under pointpillars_bev's MACs.
+    ``kw`` overrides :func:`supernet_spec` arguments.
+    """
+    args: dict[str, Any] = dict(
+        head="detection",
+        num_outputs=384,
+        last_channels=384,
+        in_channels=64,
+        stem=(24,),
+        expand_ratio=KITTI_EXPAND_RATIO,
+        head_expand_ratio=KITTI_HEAD_EXPAND_RATIO,
+        name=name,
+    )
+    args.update(kw)
+    return supernet_spec(**args)
+
+
+register("pointpillars_bev", "PointPillars 2D backbone (OpenPCDet BaseBEVBackbone), 64×496×432 → 384×248×216")(
+    pointpillars_bev_spec
+)
+register("hrnas_kitti_supernet", "KITTI BEV supernet (61 blocks), 64×496×432 → 384×248×216 for the anchor head")(
+    kitti_supernet_spec
 )

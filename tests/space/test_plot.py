@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hrnas.space.plot import plot_architecture
-from hrnas.space.spec import ClassificationHeadSpec, NetSpec
+from hrnas.space.spec import ClassificationHeadSpec, NetSpec, SpecError
 from hrnas.space.zoo import get_spec, list_specs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,7 +42,10 @@ def assert_png(path: Path) -> None:
     assert list(path.parent.glob(".*tmp*")) == []
 
 
-@pytest.mark.parametrize("name", sorted(list_specs()))
+NET_SPECS = sorted(n for n in list_specs() if isinstance(get_spec(n), NetSpec))
+
+
+@pytest.mark.parametrize("name", NET_SPECS)
 @pytest.mark.parametrize("with_supernet", [False, True], ids=["alone", "supernet"])
 def test_every_zoo_spec(tmp_path: Path, name: str, with_supernet: bool) -> None:
     spec = get_spec(name)
@@ -51,6 +54,15 @@ def test_every_zoo_spec(tmp_path: Path, name: str, with_supernet: bool) -> None:
     out = plot_architecture(spec, tmp_path / "fig" / f"{name}.png", supernet=supernet, input_size=size)
     assert out == tmp_path / "fig" / f"{name}.png"
     assert_png(out)
+
+
+def test_fixed_backbones_are_refused(tmp_path: Path) -> None:
+    assert "pointpillars_bev" in list_specs() and "pointpillars_bev" not in NET_SPECS
+    with pytest.raises(SpecError, match="spec: pointpillars_bev is a fixed PointPillarsSpec without search blocks"):
+        plot_architecture(get_spec("pointpillars_bev"), tmp_path / "p.png")
+    with pytest.raises(SpecError, match="supernet: pointpillars_bev"):
+        plot_architecture(get_spec("test_seg"), tmp_path / "p.png", supernet=get_spec("pointpillars_bev"))
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("name", ["test_seg", "test_cls", "hrnas_coco_supernet"])

@@ -58,8 +58,10 @@ def test_even_kernel_and_bad_head_kind() -> None:
     d["stages"][0]["parallel"][0][0]["kernel_sizes"] = [3, 4, 7]
     _expect(d, "stages[0].parallel[0][0].kernel_sizes[1]: must be a positive odd integer")
     d = _spec_dict()
-    d["head"]["kind"] = "detection"
-    _expect(d, "head.kind: unknown head kind 'detection'")
+    d["head"]["kind"] = "tracking"
+    _expect(d, "head.kind: unknown head kind 'tracking'")
+    d["head"]["kind"] = "detection"  # a detection head has no classifier: num_outputs = the transform's width
+    _expect(d, "head.num_outputs: 5 but a detection head outputs its transform's 12 channels")
 
 
 def test_unknown_zoo_name_lists_known() -> None:

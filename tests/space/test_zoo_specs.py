@@ -8,8 +8,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hrnas.space import build_model, cost
 from hrnas.space.deploy import deploy
+from hrnas.space.pointpillars import PointPillarsSpec
 from hrnas.space.spec import ClassificationHeadSpec, NetSpec
-from hrnas.space.zoo import get_spec, list_specs
+from hrnas.space.zoo import get_spec, list_specs, load_spec_file
 
 ZOO = sorted(list_specs())
 SIZES = {"test": (35, 29), "default": (32, 40)}
@@ -19,7 +20,13 @@ def _size(name: str) -> tuple[int, int]:
     return SIZES["test"] if name.startswith("test") else SIZES["default"]
 
 
-def _expected_shape(spec: NetSpec, batch: int, hw: tuple[int, int]) -> tuple[int, ...]:
+def _in_channels(spec: NetSpec | PointPillarsSpec) -> int:
+    return spec.in_channels if isinstance(spec, PointPillarsSpec) else spec.stem.in_channels
+
+
+def _expected_shape(spec: NetSpec | PointPillarsSpec, batch: int, hw: tuple[int, int]) -> tuple[int, ...]:
+    if isinstance(spec, PointPillarsSpec):
+        return (batch, spec.out_channels, hw[0] // spec.out_stride, hw[1] // spec.out_stride)
     if isinstance(spec.head, ClassificationHeadSpec):
         return (batch, spec.head.num_classes)
     h, w = hw
@@ -46,7 +53,7 @@ def test_cost_equals_counter_and_params(name: str, transformer: bool) -> None:
     hw = _size(name)
     model = build_model(spec).eval()
     with FlopCounterMode(display=False) as counter:
-        out = model(torch.randn(1, 3, *hw))
+        out = model(torch.randn(1, _in_channels(spec), *hw))
     c = cost(spec, hw)
     assert counter.get_total_flops() == 2 * c.macs
     assert sum(p.numel() for p in model.parameters()) == c.params
@@ -60,7 +67,7 @@ def test_forward_backward_every_parameter_gets_gradient(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(spec).train()
     hw = _size(name)
-    out = model(torch.randn(2, 3, *hw))
+    out = model(torch.randn(2, _in_channels(spec), *hw))
     assert tuple(out.shape) == _expected_shape(spec, 2, hw)
     assert torch.isfinite(out).all()
     out.square().mean().backward()
@@ -73,9 +80,10 @@ def test_forward_backward_every_parameter_gets_gradient(name: str) -> None:
 @pytest.mark.parametrize("name", ZOO)
 def test_json_round_trip(name: str, tmp_path) -> None:
     spec = get_spec(name)
-    assert NetSpec.from_json(spec.to_json()) == spec
+    assert type(spec).from_json(spec.to_json()) == spec
     spec.save(tmp_path / "arch.json")
-    assert NetSpec.load(tmp_path / "arch.json") == spec
+    assert type(spec).load(tmp_path / "arch.json") == spec
+    assert load_spec_file(tmp_path / "arch.json") == spec
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -84,7 +92,7 @@ def test_deploy_matches_eval_outputs(name: str) -> None:
     torch.manual_seed(1)
     model = build_model(spec).eval()
     _randomise_bn(model)
-    x = torch.randn(2, 3, *_size(name))
+    x = torch.randn(2, _in_channels(spec), *_size(name))
     deployed = deploy(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
     assert not any(isinstance(m, torch.nn.Dropout) for m in deployed.modules())

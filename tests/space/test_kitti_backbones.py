@@ -1,0 +1,261 @@
+"""The KITTI backbones: pointpillars_bev reproduces OpenPCDet's BaseBEVBackbone and the published costs;
+hrnas_kitti_supernet maps the pseudo-image to the anchor grid; detector costs; spec validation and JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from hrnas.cli import main
+from hrnas.space import build_model, cost
+from hrnas.space.detector import AnchorHeadSpec, PillarVFESpec, bev_features, detector_cost
+from hrnas.space.pointpillars import BEVBlockSpec, PointPillarsSpec
+from hrnas.space.spec import DenseHeadSpec, NetSpec, SpecError
+from hrnas.space.zoo import get_spec, load_spec_file, spec_from_dict
+
+GRID = (496, 432)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cli_json(capsys, *args: str) -> dict:
+    assert main(["cost", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+# --- published figures --------------------------------------------------------------------------------
+
+
+def test_cli_cost_of_pointpillars_reproduces_the_published_figures(capsys):
+    out = _cli_json(capsys, "pointpillars_bev", "--input-size", "496", "432")
+    groups = out["groups"]
+
+    def near(value: float, published: float) -> bool:
+        return abs(value / published - 1) <= 0.01
+
+    assert near(out["macs"], 34.17e9) and near(out["params"], 4.834e6)
+    assert near(groups["backbone"]["macs"], 32.69e9) and near(groups["backbone"]["params"], 4.806e6)
+    assert near(groups["head"]["macs"], 1.48e9) and near(groups["head"]["params"], 27.7e3)
+    assert groups["vfe"] == {"macs": 0, "params": 768}
+    assert out["macs"] == sum(g["macs"] for g in groups.values())
+    assert out["params"] == sum(g["params"] for g in groups.values())
+
+
+def test_per_block_costs_match_the_reference_breakdown():
+    by = cost(get_spec("pointpillars_bev"), GRID).by_group()
+    expected_gmacs = {"blocks[0]": 7.9, "blocks[1]": 10.9, "blocks[2]": 10.9}
+    expected_gmacs |= {"deblocks[0]": 0.44, "deblocks[1]": 0.88, "deblocks[2]": 1.76}
+    for key, g in expected_gmacs.items():
+        assert by[key][0] / 1e9 == pytest.approx(g, rel=0.01), key
+
+
+@pytest.mark.parametrize("name", ["pointpillars_bev", "hrnas_kitti_supernet"])
+def test_cost_equals_counter_at_the_full_grid(name):
+    """At 496×432 itself, on the meta device: no memory, no arithmetic, exact counts."""
+    spec = get_spec(name)
+    with torch.device("meta"):
+        model = build_model(spec, init="default").eval()
+        x = torch.empty(1, 64, *GRID)
+    with FlopCounterMode(display=False) as counter:
+        out = model(x)
+    c = cost(spec, GRID)
+    assert counter.get_total_flops() == 2 * c.macs
+    assert sum(p.numel() for p in model.parameters()) == c.params
+    assert tuple(out.shape) == (1, 384, 248, 216)
+    assert bev_features(spec, GRID) == (384, (248, 216))
+
+
+def test_kitti_supernet_is_cheaper_than_pointpillars_and_reports_the_same_parts(capsys):
+    pp = _cli_json(capsys, "pointpillars_bev", "--input-size", "496", "432")
+    hr = _cli_json(capsys, "hrnas_kitti_supernet", "--input-size", "496", "432")
+    assert set(hr["groups"]) == {"vfe", "backbone", "head"}
+    assert hr["groups"]["head"] == pp["groups"]["head"] and hr["groups"]["vfe"] == pp["groups"]["vfe"]
+    assert 0.6 * pp["groups"]["backbone"]["macs"] < hr["groups"]["backbone"]["macs"] < pp["groups"]["backbone"]["macs"]
+
+
+# --- detector parts against torch modules ---------------------------------------------------------------
+
+
+def test_anchor_head_and_vfe_costs_equal_their_modules():
+    head = AnchorHeadSpec()
+    assert head.conv_channels() == {"cls": 18, "box": 42, "dir": 12}
+    convs = nn.ModuleList(nn.Conv2d(384, k, 1, bias=True) for k in head.conv_channels().values())
+    x = torch.randn(1, 384, 6, 5)
+    with FlopCounterMode(display=False) as counter:
+        for conv in convs:
+            conv(x)
+    items = head.cost_items((6, 5))
+    assert counter.get_total_flops() == 2 * sum(i.macs for i in items)
+    assert sum(p.numel() for p in convs.parameters()) == sum(i.params for i in items) == 27_720
+
+    vfe = PillarVFESpec()
+    linear, norm = nn.Linear(10, 64, bias=False), nn.BatchNorm1d(64, eps=1e-3, momentum=0.01)
+    points = torch.randn(7, 32, 10)  # (pillars, slots, features)
+    with FlopCounterMode(display=False) as counter:
+        norm(linear(points).permute(0, 2, 1))
+    assert counter.get_total_flops() == 2 * vfe.macs(7)
+    assert sum(p.numel() for p in [*linear.parameters(), *norm.parameters()]) == vfe.params == 768
+
+
+def test_detector_cost_options_and_mismatches():
+    spec = get_spec("pointpillars_bev")
+    base = detector_cost(spec, GRID)
+    with_pillars = detector_cost(spec, GRID, num_pillars=16000)
+    assert with_pillars.macs - base.macs == 16000 * 32 * 10 * 64
+    assert with_pillars.params == base.params
+    with pytest.raises(SpecError, match="anchor head in_channels: 256"):
+        detector_cost(spec, GRID, head=AnchorHeadSpec(in_channels=256))
+    with pytest.raises(SpecError, match="PillarVFE out_channels: 32"):
+        detector_cost(spec, GRID, vfe=PillarVFESpec(out_channels=32))
+    with pytest.raises(SpecError, match="not a detection head"):
+        detector_cost(get_spec("test_seg"), (32, 32))
+
+
+# --- pointpillars_bev is OpenPCDet's BaseBEVBackbone ---------------------------------------------------
+
+
+class _ReferenceBEVBackbone(nn.Module):
+    """OpenPCDet BaseBEVBackbone as its source builds it: ZeroPad2d(1) + unpadded stride-s conv first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def bn(c: int) -> nn.BatchNorm2d:
+            return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+        self.blocks, self.deblocks = nn.ModuleList(), nn.ModuleList()
+        cin = 64
+        for n, c, up in ((3, 64, 1), (5, 128, 2), (5, 256, 4)):
+            layers = [nn.ZeroPad2d(1), nn.Conv2d(cin, c, 3, 2, 0, bias=False), bn(c), nn.ReLU()]
+            for _ in range(n):
+                layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), bn(c), nn.ReLU()]
+            self.blocks.append(nn.Sequential(*layers))
+            self.deblocks.append(nn.Sequential(nn.ConvTranspose2d(c, 128, up, up, bias=False), bn(128), nn.ReLU()))
+            cin = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ups = []
+        for block, deblock in zip(self.blocks, self.deblocks, strict=True):
+            x = block(x)
+            ups.append(deblock(x))
+        return torch.cat(ups, dim=1)
+
+
+def test_pointpillars_bev_computes_what_openpcdet_computes():
+    torch.manual_seed(0)
+    ours = build_model(get_spec("pointpillars_bev"), init="default")
+    ref = _ReferenceBEVBackbone()
+    ours_state, ref_state = ours.state_dict(), ref.state_dict()
+    assert [v.shape for v in ours_state.values()] == [v.shape for v in ref_state.values()]
+    gen = torch.Generator().manual_seed(1)
+    randomised = {
+        k: torch.rand(v.shape, generator=gen) + 0.5 if v.is_floating_point() else v for k, v in ours_state.items()
+    }
+    ours.load_state_dict(randomised)
+    ref.load_state_dict(dict(zip(ref_state, randomised.values(), strict=True)))
+    x = torch.randn(2, 64, 32, 24)
+    for mode in (True, False):
+        ours.train(mode), ref.train(mode)
+        with torch.no_grad():
+            a, b = ours(x), ref(x)
+        assert a.shape == (2, 384, 16, 12)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    bns = [m for m in ours.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 4 + 6 + 6 + 3 and all(m.eps == 1e-3 and m.momentum == 0.01 for m in bns)
+
+
+# --- PointPillarsSpec: JSON and validation ----------------------------------------------------------------
+
+
+def test_pointpillars_json_round_trip_and_dispatch(tmp_path):
+    spec = get_spec("pointpillars_bev")
+    data = json.loads(spec.to_json())
+    assert data["kind"] == "pointpillars" and len(data["blocks"]) == 3
+    assert PointPillarsSpec.from_dict(data) == spec and spec_from_dict(data) == spec
+    net = get_spec("hrnas_kitti_supernet")
+    assert isinstance(spec_from_dict(net.to_dict()), NetSpec)
+    path = tmp_path / "pp.json"
+    spec.save(path)
+    assert load_spec_file(path) == spec
+    assert get_spec("pointpillars_bev", transformer=False) == spec
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["blocks"][1].update(up_stride=3), r"blocks\[1\]\.up_stride: 3 does not divide"),
+        (lambda d: d["blocks"][2].update(up_stride=2), r"blocks\[2\]\.up_stride: 2 brings stride 8 to 4"),
+        (lambda d: d["blocks"][0].update(num_layers=-1), r"blocks\[0\]\.num_layers: must be >= 0"),
+        (lambda d: d["blocks"][0].update(filters=3), r"blocks\[0\]\.filters: unknown key"),
+        (lambda d: d.update(blocks=[]), "blocks: needs at least one block"),
+        (lambda d: d.update(activation="gelu"), "activation: unknown 'gelu'"),
+        (lambda d: d.update(in_channels=0), "in_channels: must be >= 1"),
+    ],
+)
+def test_bad_pointpillars_specs_name_the_value(edit, message):
+    data = get_spec("pointpillars_bev").to_dict()
+    edit(data)
+    with pytest.raises(SpecError, match=message):
+        spec_from_dict(data)
+
+
+def test_output_size_and_odd_grids():
+    spec = get_spec("pointpillars_bev")
+    assert (spec.out_channels, spec.out_stride, spec.total_stride) == (384, 2, 8)
+    assert spec.output_size(GRID) == (248, 216)
+    with pytest.raises(SpecError, match="input size 35×29: .* divisible by 8"):
+        cost(spec, (35, 29))
+    one = PointPillarsSpec(
+        blocks=(BEVBlockSpec(16, stride=1, num_layers=0, up_channels=8, up_stride=1),), in_channels=4
+    )
+    assert cost(one, (5, 7)).macs == 9 * 4 * 16 * 35 + 16 * 8 * 35
+    assert build_model(one)(torch.randn(1, 4, 5, 7)).shape == (1, 8, 5, 7)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    data = get_spec("pointpillars_bev").to_dict()
+    data["blocks"][1]["stride"] = "two"
+    bad.write_text(json.dumps(data))
+    assert main(["cost", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"hrnas cost: error: {bad}: blocks[1].stride: expected an integer, got 'two'"
+    assert main(["plot", "pointpillars_bev", "-o", str(tmp_path / "p.png")]) == 2
+    assert "without search blocks" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()
+
+
+# --- hrnas_kitti_supernet -------------------------------------------------------------------------------
+
+
+def test_kitti_supernet_layout():
+    spec = get_spec("hrnas_kitti_supernet")
+    assert spec.stem.in_channels == 64 and spec.stem.channels == (24,)
+    assert spec.branch_channels() == [18, 36, 72, 144] and len(spec.blocks()) == 61
+    head = spec.head
+    assert isinstance(head, DenseHeadSpec) and head.kind == "detection"
+    assert (head.transform.in_channels, head.transform.out_channels, head.num_outputs) == (270, 384, 384)
+    assert head.transform.hidden == (90, 90, 90)
+    assert all(b.num_queries == 64 for _, b in spec.blocks() if b.residual)
+    model = build_model(spec).eval()
+    assert model.head.classifier is None
+    with torch.no_grad():
+        out = model(torch.randn(1, 64, 24, 40))
+    assert out.shape == (1, 384, 12, 20)
+
+
+def test_detection_head_must_output_its_transform_channels():
+    spec = get_spec("hrnas_kitti_supernet")
+    with pytest.raises(SpecError, match="head.num_outputs: 72 but a detection head outputs its transform's 384"):
+        replace(spec, head=replace(spec.head, num_outputs=72))
