@@ -3,7 +3,7 @@
 1. generate the demo scenes (real textures with Fashion-MNIST items pasted on them, exact labels) in
    the Cityscapes layout, if missing;
 2. search a small supernet under a MAC budget (progressive shrinking while training);
-3. retrain the searched architecture from scratch;
+3. retrain the searched architecture, starting from the weights the search left (``--init inherit``);
 4. evaluate it on the validation scenes (mIoU) next to a predict-background baseline;
 5. write prediction overlays and export the deployed network to ONNX (checked in onnxruntime);
 6. print a short report.
@@ -38,8 +38,14 @@ DEMO_SEARCH = [
     "search.threshold=0.05",
 ]
 DEMO_RETRAIN = ["train.steps=600", "train.eval_every=0", "train.checkpoint_every=200", "search.enabled=false"]
-QUICK = ["train.steps=12", "search.shrink_every=6", "search.rho_free_steps=0", "search.rho_warmup_steps=3",
-         "train.checkpoint_every=0", "train.bn_calib_batches=1"]
+QUICK = [
+    "train.steps=12",
+    "search.shrink_every=6",
+    "search.rho_free_steps=0",
+    "search.rho_warmup_steps=3",
+    "train.checkpoint_every=0",
+    "train.bn_calib_batches=1",
+]
 
 
 def background_miou(task: Any) -> float:
@@ -61,7 +67,8 @@ def run_demo(
     quick: bool = False,
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    from hrnas.engine.trainer import load_model_from_checkpoint, train
+    from hrnas.engine.checkpoint import load_checkpoint
+    from hrnas.engine.trainer import inference_state, load_model_from_checkpoint, train
     from hrnas.export.onnx import export_onnx
     from hrnas.tasks.base import get_task
     from hrnas.tasks.predict import predict_segmentation
@@ -80,15 +87,20 @@ def run_demo(
     task = get_task(search_cfg)
     supernet = task.build_spec()
 
-    print(f"[1/4] search: {supernet.name} ({format_macs(cost(supernet, size).macs)} MACs at {size[0]}×{size[1]}) "
-          f"→ target {format_macs(search_cfg.search.target_macs)}")
+    print(
+        f"[1/4] search: {supernet.name} ({format_macs(cost(supernet, size).macs)} MACs at {size[0]}×{size[1]}) "
+        f"→ target {format_macs(search_cfg.search.target_macs)}"
+    )
     t0 = time.perf_counter()
     searched = train(search_cfg, out_dir / "search")
     t_search = time.perf_counter() - t0
 
-    print("[2/4] retrain the searched architecture from scratch")
+    print("[2/4] retrain the searched architecture (weights inherited from the search)")
     t0 = time.perf_counter()
-    retrained = train(retrain_cfg, out_dir / "retrain", arch=searched.spec)
+    # The short demo budget is spent better continuing from the search's weights than from scratch
+    # (`hrnas retrain --init inherit`); benchmarks/searched_vs_uniform.py compares archs from scratch.
+    init_state = inference_state(load_checkpoint(out_dir / "search" / "final.pt", expect_task=task.name))
+    retrained = train(retrain_cfg, out_dir / "retrain", arch=searched.spec, init_state=init_state)
     t_retrain = time.perf_counter() - t0
 
     print("[3/4] evaluate, predict")
@@ -116,15 +128,15 @@ def run_demo(
             "retrain": round(t_retrain, 1),
             "total": round(time.perf_counter() - t_start, 1),
         },
-        "search_log": [
-            {k: r.get(k) for k in ("step", "macs", "step_time_s", "final")} for r in searched.search_log
-        ],
+        "search_log": [{k: r.get(k) for k in ("step", "macs", "step_time_s", "final")} for r in searched.search_log],
     }
     (out_dir / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
     print()
     print(f"supernet   {format_macs(sup.macs):>8s} MACs  {sup.params / 1e6:.3f} M params  ({supernet.name})")
-    print(f"searched   {format_macs(fin.macs):>8s} MACs  {fin.params / 1e6:.3f} M params  "
-          f"(target {format_macs(search_cfg.search.target_macs)}, {out_dir / 'search' / 'arch.json'})")
+    print(
+        f"searched   {format_macs(fin.macs):>8s} MACs  {fin.params / 1e6:.3f} M params  "
+        f"(target {format_macs(search_cfg.search.target_macs)}, {out_dir / 'search' / 'arch.json'})"
+    )
     print(f"val mIoU   {retrained.metrics['miou']:.4f}  (predict-background baseline {baseline:.4f})")
     print(f"ONNX       {report.path}  (max abs diff vs PyTorch {report.max_abs_diff:.2e})")
     print(f"files      {out_dir}: search/ retrain/ predictions/ model.onnx report.json; plot search/arch.png")
