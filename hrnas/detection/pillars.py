@@ -117,7 +117,8 @@ def _row_elements(t: Tensor) -> Tensor | None:
 
 
 def _copy_rows(dst: Tensor, dst_rows: Tensor, src: Tensor, src_rows: Tensor) -> None:
-    """``dst[dst_rows] = src[src_rows]`` for 2-D tensors of equal row layout; ``dst_rows`` are distinct."""
+    """``dst[dst_rows] = src[src_rows]`` for 2-D tensors of equal row layout. Rows of ``dst`` named more than
+    once end up holding one of their sources (the pillarizer's spare row)."""
     d, s = _row_elements(dst), _row_elements(src)
     if d is not None and s is not None:
         d.scatter_(0, dst_rows, s.index_select(0, src_rows))
@@ -200,17 +201,19 @@ def _pillarize(points: Tensor, batch: Tensor | None, batch_size: int, config: Pi
     pillar = pillar_of_group.index_select(0, group)  # (m,) per sorted point
     dest = pillar.mul(m_max).add_(slot)
     src = kept_idx.index_select(0, order)
-    if n_pillars < num_groups or int(counts.max()) > m_max:  # some points overflow a cap
-        keep = (slot < m_max).logical_and_(pillar < n_pillars)
-        dest, src = dest.masked_select(keep), src.masked_select(keep)
-    voxels = points.new_zeros((n_pillars * m_max, n_feat))
+    n_slots = n_pillars * m_max
+    # Points over a cap go to one spare row past the end (cheaper than compacting dest and src).
+    voxels = points.new_zeros((n_slots + 1, n_feat))
+    if n_pillars < num_groups or int(counts.max()) > m_max:
+        dest.masked_fill_((slot >= m_max).logical_or_(pillar >= n_pillars), n_slots)
     _copy_rows(voxels, dest, points, src)
+    voxels = voxels[:n_slots]
 
     first_point = kept_idx.index_select(0, first.index_select(0, group_of_pillar))  # (P,) row of its 1st point
-    zyx = cell.index_select(1, first_point).flip(0)
+    cols = [cell[a].index_select(0, first_point) for a in (2, 1, 0)]  # z, y, x
     if batch is not None:
-        zyx = torch.cat([batch.index_select(0, first_point).to(zyx.dtype).unsqueeze(0), zyx])
-    coords = zyx.to(i64).t().contiguous()
+        cols.insert(0, batch.index_select(0, first_point).to(cell.dtype))
+    coords = torch.stack(cols, dim=1).to(i64)
     num_points = counts.index_select(0, group_of_pillar).clamp_max_(m_max)
     return Pillars(voxels.view(n_pillars, m_max, n_feat), coords, num_points)
 
