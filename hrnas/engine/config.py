@@ -1,7 +1,8 @@
 """Typed run configs: dataclasses loaded from YAML with strict keys (HR-NAS recipes, spec §5).
 
-A run is described by one :class:`RunConfig` made of seven sections (``task``, ``model``, ``data``,
-``optim``, ``schedule``, ``train``, ``search``). Configs are read from YAML files or from the presets
+A run is described by one :class:`RunConfig` made of eight sections (``task``, ``model``, ``data``,
+``optim``, ``schedule``, ``train``, ``search``, and ``detection`` for LiDAR detection). Configs are read
+from YAML files or from the presets
 shipped in ``hrnas/configs/<name>.yaml`` and validated field by field:
 
 - an unknown key is an error that names its dotted path, where it was written and the valid keys:
@@ -39,6 +40,7 @@ import yaml
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "DetectionConfig",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
@@ -70,7 +72,7 @@ def _opt(default: Any, *, choices: Sequence[str] | None = None, length: int | No
     return field(default=default, metadata=meta)
 
 
-TASKS = ("segmentation", "classification", "keypoints", "detection3d")
+TASKS = ("segmentation", "classification", "keypoints", "kitti")
 DATA_FORMATS = ("cityscapes", "ade20k", "folder", "demo", "imagefolder", "fashion_mnist", "coco_keypoints",
                 "kitti")
 
@@ -80,8 +82,8 @@ class TaskConfig:
     """What is learnt and how it is evaluated.
 
     Attributes:
-        name: ``segmentation`` | ``classification`` | ``keypoints`` | ``detection3d``; picks the head,
-            loss and metric.
+        name: ``segmentation`` | ``classification`` | ``keypoints`` | ``kitti`` (LiDAR 3D detection,
+            ``hrnas.tasks.kitti``); picks the head, loss and metric.
         num_classes: output classes (segmentation/classification) or joints (keypoints); 0 = take it
             from the dataset.
         ignore_index: label value excluded from the segmentation loss and metric (255 in Cityscapes
@@ -323,6 +325,47 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class DetectionConfig:
+    """LiDAR 3D detection (``task.name: kitti``): pillar grid, training augmentation, post-processing.
+
+    Defaults are OpenPCDet's ``pointpillar.yaml`` (kitti-spec §1.2). ``data.crop_size`` must be the
+    pillar grid ``[ny, nx]`` (496×432 by default), the size of the pseudo-image the backbone reads and
+    at which search costs are measured.
+
+    Attributes:
+        point_cloud_range: ``[x_min, y_min, z_min, x_max, y_max, z_max]`` metres, LiDAR frame; also the
+            span of the anchor grid.
+        voxel_size: pillar size ``[dx, dy, dz]`` in metres; ``dz`` must be the whole z extent (pillars).
+        max_points_per_pillar: point slots per pillar (first come, first kept).
+        max_pillars_train: pillars kept per training frame (first come); ``max_pillars_test`` at evaluation.
+        gt_sampling: paste ground-truth database objects into training frames (the database is built
+            once from the training split and cached under the dataset root).
+        sample_groups: objects drawn per training frame for Car, Pedestrian, Cyclist.
+        flip: random mirror across the x axis (p = 0.5).
+        rotation: random rotation about z, uniform in ``[-rotation, rotation]`` radians.
+        scaling_range: ``[lo, hi]`` of the random global scaling.
+        score_threshold: detections below this sigmoid score are dropped before the NMS.
+        nms_iou_threshold: class-agnostic rotated BEV NMS threshold.
+        nms_pre_max: highest-scored boxes entering the NMS; ``nms_post_max``: boxes kept per frame.
+    """
+
+    point_cloud_range: tuple[float, ...] = _opt((0.0, -39.68, -3.0, 69.12, 39.68, 1.0), length=6)
+    voxel_size: tuple[float, ...] = _opt((0.16, 0.16, 4.0), length=3, minimum=0.0)
+    max_points_per_pillar: int = _opt(32, minimum=1)
+    max_pillars_train: int = _opt(16000, minimum=1)
+    max_pillars_test: int = _opt(40000, minimum=1)
+    gt_sampling: bool = True
+    sample_groups: tuple[int, ...] = _opt((15, 15, 15), length=3, minimum=0)
+    flip: bool = True
+    rotation: float = _opt(0.78539816, minimum=0.0)
+    scaling_range: tuple[float, ...] = _opt((0.95, 1.05), length=2, minimum=0.0)
+    score_threshold: float = _opt(0.1, minimum=0.0, maximum=1.0)
+    nms_iou_threshold: float = _opt(0.01, minimum=0.0, maximum=1.0)
+    nms_pre_max: int = _opt(4096, minimum=1)
+    nms_post_max: int = _opt(500, minimum=1)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole run. Sections are documented on their classes; build one with :func:`load_config`."""
 
@@ -333,6 +376,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     @property
     def penalty_input_size(self) -> tuple[int, int]:
@@ -708,6 +752,15 @@ def _validate(cfg: RunConfig, src: _Source) -> None:
         raise fail("data.scale_range", f"[{lo}, {hi}] is not increasing")
     if not cfg.task.eval_scales:
         raise fail("task.eval_scales", "must list at least one scale")
+    det = cfg.detection
+    r = det.point_cloud_range
+    if not all(r[i] < r[i + 3] for i in range(3)):
+        raise fail("detection.point_cloud_range", f"{list(r)} needs min < max on x, y and z")
+    if min(det.voxel_size) <= 0:
+        raise fail("detection.voxel_size", f"{list(det.voxel_size)} must be > 0")
+    lo, hi = det.scaling_range
+    if not 0 < lo <= hi:
+        raise fail("detection.scaling_range", f"[{lo}, {hi}] must satisfy 0 < lo <= hi")
 
 
 def config_from_dict(

@@ -42,6 +42,7 @@ from hrnas.engine.schedules import build_scheduler
 from hrnas.space.cost import cost, format_macs
 from hrnas.space.network import build_model
 from hrnas.space.spec import NetSpec
+from hrnas.space.zoo import spec_from_dict
 from hrnas.tasks.base import Task, get_task
 
 
@@ -94,10 +95,17 @@ def inference_state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
 def load_model_from_checkpoint(
     path: str | Path, expect_task: str | None = None, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, NetSpec, dict[str, Any]]:
-    """Rebuild the network of a checkpoint from its own spec and load its inference weights."""
+    """Rebuild the network of a checkpoint from its own spec (and its task's ``build_model``, when the
+    checkpoint records its run config) and load its inference weights."""
     payload = load_checkpoint(path, expect_task=expect_task)
-    spec = NetSpec.from_dict(payload["spec"])
-    model = build_model(spec, init="default")
+    spec = spec_from_dict(payload["spec"], source=f"{path}: spec")
+    if isinstance(payload.get("run_config"), dict):
+        from hrnas.engine.config import config_from_dict
+
+        task = get_task(config_from_dict(payload["run_config"], source=f"{path}: run_config"))
+        model = task.build_model(spec, init="default")
+    else:
+        model = build_model(spec, init="default")
     model.load_state_dict(inference_state(payload))
     return model.to(device).eval(), spec, payload
 
@@ -137,13 +145,13 @@ class Trainer:
             if not last.exists():
                 raise FileNotFoundError(f"{last}: nothing to resume (no checkpoint in {self.run_dir})")
             payload = load_checkpoint(last, expect_task=cfg.task.name)
-            spec = NetSpec.from_dict(payload["spec"])
+            spec = spec_from_dict(payload["spec"], source=f"{last}: spec")
         else:
             spec = arch if arch is not None else self.task.build_spec()
             if arch is not None:
                 spec = self.task.build_spec(arch)
         self.spec = spec
-        model = build_model(spec, init=cfg.model.init)
+        model = self.task.build_model(spec, init=cfg.model.init)
         if init_state is not None:
             _load_matching(model, init_state)
         self.model = self._place(model)
@@ -261,7 +269,7 @@ class Trainer:
     def _forward_for_calibration(self, model: nn.Module, batch: Any) -> Any:
         batch = self.task.to_device(batch, self.device, self.channels_last)
         with self.autocast():
-            return model(self.task.inputs(batch))
+            return self.task.forward(model, batch)
 
     def calibrated_ema(self) -> nn.Module:
         """A BN-calibrated copy of the EMA model (spec §4.6)."""
@@ -351,7 +359,7 @@ class Trainer:
             model = self._wrapped()
             model.train()
             with self.autocast():
-                output = model(self.task.inputs(batch))
+                output = self.task.forward(model, batch)
                 task_loss = self.task.loss(output, batch)
             loss = task_loss
             penalty = None

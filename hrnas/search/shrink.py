@@ -36,9 +36,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hrnas.engine.distributed import unwrap_model
 from hrnas.search.units import as_hrnet, read_factors, search_blocks
 from hrnas.space.layers import SearchBlock
-from hrnas.space.network import HRNet, block_modules, build_model
+from hrnas.space.network import block_modules, build_model
 from hrnas.space.spec import BlockSpec, NetSpec
 
 __all__ = [
@@ -303,27 +304,31 @@ def _state(model: nn.Module) -> dict[str, Tensor]:
 @torch.no_grad()
 def shrink(
     model: nn.Module, spec: NetSpec, keep: Mapping[str, BlockKeep]
-) -> tuple[NetSpec, HRNet, dict[str, IndexMap]]:
+) -> tuple[NetSpec, nn.Module, dict[str, IndexMap]]:
     """Remove the units that ``keep`` marks False; return ``(new_spec, new_model, index_maps)``.
 
     Args:
-        model: an HRNet built from ``spec`` (possibly DDP-wrapped); not modified.
+        model: an HRNet built from ``spec`` (possibly DDP-wrapped), or a task model around one that
+            exposes it as ``model.hrnet`` and rebuilds itself with ``model.with_hrnet(new_hrnet)``
+            (sharing its other modules, e.g. a detector's PillarVFE and anchor head); not modified.
         spec: its spec.
         keep: masks per block path (:func:`alive_masks`, :func:`~hrnas.search.budget.prune_to_budget`);
             blocks not in ``keep`` keep every unit.
 
     Returns:
         new_spec: :func:`kept_spec` of ``spec`` and ``keep``.
-        new_model: ``build_model(new_spec)`` on the old model's device and floating dtype, in the old
-            model's train/eval mode, with every parameter and buffer copied (sliced) from ``model``,
-            ``requires_grad`` as in the old parameter, and the constants of removed units folded (module
-            docstring): with γ = 0 on every removed channel and all queries kept, its eval outputs equal
-            the old model's.
-        index_maps: ``{new name: IndexMap}`` for every parameter and buffer name of ``new_model``.
+        new_model: ``build_model(new_spec)`` (wrapped by ``with_hrnet`` for a task model) on the old
+            model's device and floating dtype, in the old model's train/eval mode, with every parameter
+            and buffer copied (sliced) from ``model``, ``requires_grad`` as in the old parameter, and the
+            constants of removed units folded (module docstring): with γ = 0 on every removed channel and
+            all queries kept, its eval outputs equal the old model's.
+        index_maps: ``{new name: IndexMap}`` for every parameter and buffer name of the new HRNet (names
+            relative to the HRNet, as :func:`remap_optimizer` reads them).
 
     Raises:
         ValueError: the model does not match ``spec`` or a mask has the wrong size.
     """
+    outer = unwrap_model(model)
     old_model = as_hrnet(model)
     old_blocks = search_blocks(old_model, spec)
     keep = complete_keep(spec, keep)
@@ -363,6 +368,10 @@ def shrink(
     for path, old in old_blocks.items():
         _fold_constants(old, new_blocks[path], keep[path])
     new_model.train(old_model.training)
+    if outer is not old_model:
+        wrapped = outer.with_hrnet(new_model)
+        wrapped.train(outer.training)
+        return new_spec, wrapped, maps
     return new_spec, new_model, maps
 
 

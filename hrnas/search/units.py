@@ -113,11 +113,16 @@ class BlockFactors:
 
 
 def as_hrnet(model: nn.Module) -> HRNet:
-    """The :class:`HRNet` under a DDP / ``torch.compile`` wrapper; raises ``TypeError`` otherwise."""
+    """The :class:`HRNet` under a DDP / ``torch.compile`` wrapper, or the one a task model built around
+    it (e.g. a detector: PillarVFE → HRNet backbone → anchor head) exposes as its ``hrnet`` attribute;
+    raises ``TypeError`` otherwise."""
     inner = unwrap_model(model)
-    if not isinstance(inner, HRNet):
-        raise TypeError(f"expected an HRNet built from a spec, got {type(inner).__name__}")
-    return inner
+    if isinstance(inner, HRNet):
+        return inner
+    net = getattr(inner, "hrnet", None)
+    if isinstance(net, HRNet):
+        return net
+    raise TypeError(f"expected an HRNet built from a spec, got {type(inner).__name__}")
 
 
 def search_blocks(model: nn.Module, spec: NetSpec) -> dict[str, SearchBlock]:

@@ -87,8 +87,28 @@ class Task:
             spec = spec.replace_blocks({p: replace(b, num_queries=nq) for p, b in spec.blocks() if b.num_queries > 0})
         return spec
 
+    def build_model(self, spec: Any, init: str = "mnas") -> nn.Module:
+        """The network to train for ``spec`` (used by the trainer, shrink results and checkpoint loading).
+
+        Default: :func:`hrnas.space.network.build_model`. A task whose network wraps the searched HRNet
+        (e.g. a detector around a BEV backbone) returns the wrapper; if it exposes the HRNet as
+        ``hrnet`` and ``with_hrnet(new)``, the search finds and shrinks it (``hrnas.search.units``).
+        """
+        from hrnas.space.network import build_model
+
+        return build_model(spec, init=init)
+
     def inputs(self, batch: Any) -> Tensor:
         raise NotImplementedError
+
+    def forward(self, model: nn.Module, batch: Any) -> Any:
+        """The model's output for a batch already on the device: ``model(self.inputs(batch))`` by default;
+        tasks whose network does not take one image tensor override this."""
+        return model(self.inputs(batch))
+
+    def format_metrics(self, metrics: dict[str, Any]) -> str | None:
+        """A human-readable report of :meth:`evaluate`'s metrics for ``hrnas evaluate`` (None: print JSON)."""
+        return None
 
     def to_device(self, batch: Any, device: torch.device, channels_last: bool) -> Any:
         """Move a batch to ``device``; images in channels_last when asked."""
@@ -149,7 +169,7 @@ def get_task(cfg: Any) -> Task:
     """The task object for ``cfg.task.name``."""
     import hrnas.tasks.segmentation  # noqa: F401  (registers)
 
-    for module in ("hrnas.tasks.classification", "hrnas.tasks.keypoints"):
+    for module in ("hrnas.tasks.classification", "hrnas.tasks.keypoints", "hrnas.tasks.kitti"):
         try:
             __import__(module)
         except ModuleNotFoundError as exc:
