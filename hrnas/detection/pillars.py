@@ -136,6 +136,7 @@ def _pillarize(points: Tensor, batch: Tensor | None, batch_size: int, config: Pi
     pillars are numbered by the arrival of their first point with a cumulative sum instead of a second sort.
     Uses ``index_select``/``scatter_`` rather than advanced indexing, which is several times slower on CPU.
     """
+    points = points.contiguous()  # rows are copied as single elements when contiguous
     device = points.device
     n, n_feat = points.shape
     nx, ny, nz = config.grid_size

@@ -343,3 +343,17 @@ def test_pipeline_batch_shapes_and_device_follow_the_input():
         cells = torch.zeros(496, 432, dtype=torch.bool)
         cells[single.coords[:, 1], single.coords[:, 2]] = True
         assert not (occupied & ~cells).any()  # features only where that cloud has pillars
+
+
+def test_collated_points_split_per_cloud_pillarize_like_the_clouds():
+    """The KITTI collate layout ``(sum N_b, 1 + C)`` with the batch index in column 0, split back into
+    (non-contiguous) clouds, gives the same pillars as the original clouds."""
+    clouds = [torch.from_numpy(random_cloud(s, 1200)) for s in (40, 41)]
+    index = torch.cat([torch.full((len(c), 1), float(b)) for b, c in enumerate(clouds)])
+    collated = torch.cat([index, torch.cat(clouds)], dim=1)
+    views = collated[:, 1:].split([len(c) for c in clouds])
+    assert not views[0].is_contiguous()
+    got, want = pillarize_batch(list(views), SMALL), pillarize_batch(clouds, SMALL)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(pillarize(views[1], SMALL).voxels, pillarize(clouds[1], SMALL).voxels)
