@@ -312,21 +312,21 @@ def test_vfe_gradients_match_reference():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_scatter_places_features_at_their_cells(device):
-    cfg = PillarConfig()
-    coords = torch.tensor([[0, 0, 0, 0], [0, 0, 495, 431], [2, 0, 10, 3], [0, 0, 10, 3]], device=device)
+    nx, ny, nz = SMALL.grid_size  # 40 x 30 cells
+    coords = torch.tensor([[0, 0, 0, 0], [0, 0, ny - 1, nx - 1], [2, 0, 10, 3], [0, 0, 10, 3]], device=device)
     feats = torch.arange(4 * 64, dtype=torch.float32, device=device).view(4, 64).add_(1).requires_grad_()
-    bev = scatter_to_bev(feats, coords, 4, cfg.grid_size)
-    assert bev.shape == (4, 64, 496, 432) and bev.is_contiguous()
+    bev = scatter_to_bev(feats, coords, 4, SMALL.grid_size)
+    assert bev.shape == (4, 64, ny, nx) and bev.is_contiguous()
     for (b, _, y, x), f in zip(coords.tolist(), feats, strict=True):
         assert torch.equal(bev[b, :, y, x], f)
     assert int((bev != 0).sum()) == 4 * 64  # nothing else written; batch 3 (no pillars) stays empty
     bev.sum().backward()
     assert torch.equal(feats.grad, torch.ones_like(feats))
     first = coords[:, 0] == 0
-    single = scatter_to_bev(feats[first].detach(), coords[first, 1:], 1, cfg.grid_size)
+    single = scatter_to_bev(feats[first].detach(), coords[first, 1:], 1, SMALL.grid_size)
     assert torch.equal(single[0], bev[0].detach())
     with pytest.raises(ValueError, match="batch index"):
-        scatter_to_bev(feats, coords[:, 1:], 2, cfg.grid_size)
+        scatter_to_bev(feats, coords[:, 1:], 2, SMALL.grid_size)
 
 
 def test_pipeline_batch_shapes_and_device_follow_the_input():
