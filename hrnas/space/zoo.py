@@ -395,3 +395,20 @@ register("pointpillars_bev", "PointPillars 2D backbone (OpenPCDet BaseBEVBackbon
 register("hrnas_kitti_supernet", "KITTI BEV supernet (61 blocks), 64×496×432 → 384×248×216 for the anchor head")(
     kitti_supernet_spec
 )
+register(
+    "hrnas_demo_kitti_supernet",
+    "small KITTI BEV supernet for CPU runs on simulated frames (15 blocks), 32×160×160 → 48×80×80",
+)(
+    lambda: kitti_supernet_spec(
+        name="hrnas_demo_kitti_supernet",
+        stages=((1, (1,), (8,)), (2, (1, 1), (8, 16)), (3, (1, 1, 1), (8, 16, 24))),
+        stem=(16,),
+        in_channels=32,
+        num_outputs=48,
+        last_channels=48,
+        expand_ratio=1.0,
+        head_expand_ratio=1.0,
+        num_queries=8,
+        token_grid=4,
+    )
+)

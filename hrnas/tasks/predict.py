@@ -66,9 +66,20 @@ def predict_segmentation(task: Any, model: nn.Module, images: Sequence[str | Pat
     return written
 
 
-def predict(cfg: Any, model: nn.Module, images: Sequence[str | Path], out_dir: Path) -> list[Path]:
-    """Write predictions for ``images`` into ``out_dir``; returns the files written."""
+def predict(
+    cfg: Any, model: nn.Module, images: Sequence[str | Path], out_dir: Path, split: str | None = None
+) -> list[Path]:
+    """Write predictions for ``images`` (or, for a task reading a whole split such as KITTI, for the
+    frames of ``split``, default the validation split) into ``out_dir``; returns the files written."""
     task = get_task(cfg)
+    if hasattr(task, "predict_split"):
+        if images:
+            raise TaskError(f"predict: task {cfg.task.name!r} reads dataset frames; give --split NAME, not files")
+        return task.predict_split(model, split or cfg.data.val_split, out_dir)
+    if split is not None:
+        raise TaskError(f"predict: --split is for KITTI; task {cfg.task.name!r} predicts the image files given")
+    if not images:
+        raise TaskError(f"predict: give the image files to run task {cfg.task.name!r} on")
     if cfg.task.name == "segmentation":
         return predict_segmentation(task, model, images, out_dir)
     if hasattr(task, "predict_files"):
