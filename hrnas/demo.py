@@ -37,7 +37,7 @@ DEMO_SEARCH = [
     "search.factor_lr_mult=10",
     "search.threshold=0.05",
 ]
-DEMO_RETRAIN = ["train.steps=600", "train.eval_every=0", "train.checkpoint_every=200", "search.enabled=false"]
+DEMO_RETRAIN = ["train.steps=1000", "train.eval_every=0", "train.checkpoint_every=200", "search.enabled=false"]
 QUICK = [
     "train.steps=12",
     "search.shrink_every=6",
