@@ -76,7 +76,7 @@ def draw_bev(
         px = np.floor(to_pixel(pts[:, :2])).astype(np.int64)
         inside = (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height)
         z = pts[inside, 2]
-        shade = np.clip(110 + 40 * (z - np.median(z)) if z.size else z, 60, 230).astype(np.uint8)
+        shade = np.clip(170 + 40 * (z - np.median(z)) if z.size else z, 90, 255).astype(np.uint8)
         canvas[px[inside, 1], px[inside, 0]] = shade[:, None]
 
     def polygon(box_corners: np.ndarray, colour: tuple[int, int, int], thickness: int) -> None:

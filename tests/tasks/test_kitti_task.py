@@ -17,6 +17,7 @@ from hrnas.cli import main
 from hrnas.data.kitti import simulator as sim
 from hrnas.data.kitti.formats import read_ids, read_label
 from hrnas.data.kitti.sim_raycast import ScannerConfig
+from hrnas.detection.postprocess import Detections
 from hrnas.engine.checkpoint import save_checkpoint
 from hrnas.engine.config import config_to_dict, load_config
 from hrnas.engine.trainer import load_model_from_checkpoint
@@ -25,6 +26,8 @@ from hrnas.space.pointpillars import BEVBlockSpec, PointPillarsSpec
 from hrnas.space.spec import NetSpec
 from hrnas.space.zoo import get_spec, kitti_supernet_spec
 from hrnas.tasks.base import TaskError, get_task
+from hrnas.tasks.kitti import CLASSES, summary_metrics
+from hrnas.tasks.kitti_eval import evaluate_kitti
 
 # A 25.6 m × 25.6 m area in front of the car at 0.4 m pillars: a 64×64 pseudo-image.
 GRID = [
@@ -196,6 +199,27 @@ def test_empty_frame_gives_no_detections(root, specs):
     assert len(none.scores) == len(far.scores) == 0
     objects = task.to_kitti(none, sample["calib"], sample["image_shape"])
     assert len(objects) == 0 and objects.score is not None
+
+
+def test_ground_truth_through_the_detection_path_scores_as_the_labels_themselves(root, specs):
+    """LiDAR boxes → camera boxes, projected 2D boxes and alphas (what the network's detections go
+    through) lose nothing the evaluation looks at: they score exactly as the label lines they came from."""
+    cfg = load_config("kitti", [f"data.root={root}"])
+    task = get_task(cfg)
+    dataset = task.dataset("train", training=False)
+    gts, converted, labels = [], [], []
+    for i in range(len(dataset)):
+        s = dataset[i]
+        scores = torch.linspace(0.9, 0.5, len(s["gt_labels"]))
+        det = Detections(s["gt_boxes"], scores, s["gt_labels"])
+        gts.append(s["annos"])
+        converted.append(task.to_kitti(det, s["calib"], s["image_shape"]))
+        own = s["annos"].select(np.isin(s["annos"].name, CLASSES))
+        own.score = scores.double().numpy()
+        labels.append(own)
+    got = summary_metrics(evaluate_kitti(gts, converted))
+    assert got == summary_metrics(evaluate_kitti(gts, labels))
+    assert got["car_3d_moderate_r40"] > 0
 
 
 def test_a_network_that_predicts_another_grid_is_rejected(root, specs):
