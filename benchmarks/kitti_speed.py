@@ -5,9 +5,17 @@ view, shuffled as in training) goes through the stages in ``STAGES`` in order; e
 on the outputs of the stages before it, and reported as the median (and the minimum) over ``--repeats``
 runs after warm-up. Targets from the KITTI issue: pillarization of 120 k points <= 10 ms on 2 CPU cores.
 
+Then the network stages run once per backbone of ``--backbones`` on that frame's pseudo-image (1, 64, 496,
+432): ``backbone``, the anchor ``head`` and ``decode_nms`` (score threshold 0 so that the top 4096 anchors
+are decoded and go through the rotated NMS: the worst case of the reference post-processing, whatever the
+untrained weights score). A backbone is a zoo name, a spec JSON, or ``NAME@REF``: the zoo supernet ``NAME``
+thinned uniformly (:func:`hrnas.search.uniform.uniformly_thinned`) to the backbone MACs of ``REF``. The
+default compares ``pointpillars_bev`` with ``hrnas_kitti_supernet@pointpillars_bev`` (no more MACs).
+
     OMP_NUM_THREADS=2 python benchmarks/kitti_speed.py                  # test caps (40000 pillars)
     OMP_NUM_THREADS=2 python benchmarks/kitti_speed.py --train --json   # train caps (16000 pillars)
     python benchmarks/kitti_speed.py --device cuda --stages scatter     # only the stages up to scatter
+    OMP_NUM_THREADS=1 python benchmarks/kitti_speed.py --model-repeats 3  # backbones on a busy machine
 
 Run it on an idle machine (check ``uptime``): the medians move with the load, and with 2 threads a busy
 second core makes them jump (OpenMP threads wait for each other); the minimum is the steadier figure then.
@@ -31,8 +39,14 @@ from typing import Any
 
 import torch
 
+from hrnas.detection.anchors import KITTI_ANCHOR_CLASSES, AnchorConfig, generate_anchors
+from hrnas.detection.detector import build_detector
 from hrnas.detection.pillars import PillarConfig, PillarVFE, pillarize, scatter_to_bev
-from hrnas.detection.postprocess import nms_benchmark_boxes, rotated_nms
+from hrnas.detection.postprocess import PostProcessConfig, nms_benchmark_boxes, postprocess, rotated_nms
+from hrnas.space.cost import cost
+from hrnas.space.detector import bev_features
+from hrnas.space.pointpillars import PointPillarsSpec
+from hrnas.space.spec import NetSpec
 
 # HDL-64E-like scanner, mounted 1.73 m above a flat ground.
 SENSOR_HEIGHT = 1.73
@@ -119,6 +133,63 @@ STAGES: list[tuple[str, Callable[[Context], dict[str, Any]]]] = [
 ]
 
 
+MODEL_STAGES = ("backbone", "head", "decode_nms")
+
+
+def resolve_backbone(ref: str, input_size: tuple[int, int]) -> NetSpec | PointPillarsSpec:
+    """The backbone spec of ``ref``: a zoo name or spec JSON, or ``NAME@REF`` (the zoo supernet ``NAME``
+    thinned uniformly to the backbone MACs of ``REF`` at ``input_size``)."""
+    from hrnas.search.uniform import uniformly_thinned
+    from hrnas.space.zoo import get_spec, list_specs, load_spec_file
+
+    def load(name: str) -> NetSpec | PointPillarsSpec:
+        return get_spec(name) if name in list_specs() else load_spec_file(name)
+
+    if "@" not in ref:
+        return load(ref)
+    name, budget_ref = ref.split("@", 1)
+    supernet = load(name)
+    if not isinstance(supernet, NetSpec):
+        raise SystemExit(f"--backbones {ref}: {name} is not a supernet that can be thinned")
+    return uniformly_thinned(supernet, cost(load(budget_ref), input_size).macs, input_size)
+
+
+def time_model_stages(
+    spec: NetSpec | PointPillarsSpec, config: PillarConfig, bev: torch.Tensor, repeats: int, warmup: int
+) -> dict[str, Any]:
+    """Median and minimum ms of backbone, head and decode + NMS of the detector around ``spec`` on the
+    pseudo-image ``bev (1, 64, H, W)``, with the backbone and head MACs."""
+    anchor_config = AnchorConfig(KITTI_ANCHOR_CLASSES, config.point_cloud_range)
+    detector = build_detector(spec, config, anchor_config, init="default").to(bev.device).eval()
+    channels, feature_size = bev_features(spec, tuple(bev.shape[-2:]))
+    anchors = generate_anchors(anchor_config, feature_size, device=bev.device)
+    worst_case = PostProcessConfig(score_threshold=0.0)
+    fns: dict[str, Callable[[dict[str, Any]], Any]] = {
+        "backbone": lambda o: detector.backbone(bev),
+        "head": lambda o: detector.head(o["backbone"]),
+        "decode_nms": lambda o: postprocess(o["head"], anchors, worst_case),
+    }
+    outputs: dict[str, Any] = {}
+    row: dict[str, Any] = {"name": spec.name, "backbone_macs": cost(spec, tuple(bev.shape[-2:])).macs}
+    row["head_macs"] = sum(m.weight.numel() for m in detector.head.modules() if isinstance(m, torch.nn.Conv2d))
+    row["head_macs"] *= feature_size[0] * feature_size[1]
+    with torch.inference_mode():
+        for name in MODEL_STAGES:
+            fn = fns[name]
+            times = []
+            for i in range(warmup + repeats):
+                _sync(bev.device)
+                t0 = time.perf_counter()
+                outputs[name] = fn(outputs)
+                _sync(bev.device)
+                if i >= warmup:
+                    times.append(1e3 * (time.perf_counter() - t0))
+            row[f"{name}_median_ms"], row[f"{name}_min_ms"] = statistics.median(times), min(times)
+    row["detections"] = int(outputs["decode_nms"][0].scores.numel())
+    row["bev_channels"] = channels
+    return row
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -152,6 +223,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="torch device of the points and modules (cpu, cuda, ...)")
     ap.add_argument("--stages", nargs="*", default=None, help="run only the first stages up to these names")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument(
+        "--backbones",
+        nargs="*",
+        default=["pointpillars_bev", "hrnas_kitti_supernet@pointpillars_bev"],
+        help="backbones for the network stages (zoo name, JSON, or NAME@REF = NAME thinned to REF's MACs); "
+        "none to skip them",
+    )
+    ap.add_argument("--model-repeats", type=int, default=5, help="timed runs per network stage")
+    ap.add_argument("--model-warmup", type=int, default=1)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -172,6 +252,14 @@ def main() -> None:
             if not wanted:
                 break
 
+    models = []
+    if wanted is None and "bev" in ctx.outputs:
+        size = tuple(ctx.outputs["bev"].shape[-2:])
+        for ref in args.backbones:
+            spec = resolve_backbone(ref, size)
+            row = time_model_stages(spec, config, ctx.outputs["bev"], args.model_repeats, args.model_warmup)
+            models.append({**row, "name": ref if "@" in ref else row["name"]})
+
     pillars = ctx.outputs["pillars"]
     info = {
         "points": args.points,
@@ -182,6 +270,7 @@ def main() -> None:
         "kept_points": int(pillars.num_points.sum()),
         "median_ms": {k: round(v, 3) for k, v in results.items()},
         "min_ms": {k: round(v, 3) for k, v in fastest.items()},
+        "models": [{k: round(v, 3) if isinstance(v, float) else v for k, v in m.items()} for m in models],
     }
     if args.json:
         print(json.dumps(info))
@@ -194,6 +283,15 @@ def main() -> None:
     for name, ms in results.items():
         print(f"  {name:<12} {ms:10.2f} {fastest[name]:10.2f}")
     print(f"  {'total':<12} {sum(results.values()):10.2f} {sum(fastest.values()):10.2f}")
+    if models:
+        print(f"network stages on the {size[0]}×{size[1]} pseudo-image, batch 1 (median / min ms):")
+        print(f"  {'backbone':<34} {'bb GMACs':>8} {'head GMACs':>10} {'backbone':>17} {'head':>15} {'decode+nms':>15}")
+        for m in models:
+            cells = " ".join(
+                f"{m[f'{s}_median_ms']:8.1f}/{m[f'{s}_min_ms']:<8.1f}".rjust(w)
+                for s, w in zip(MODEL_STAGES, (17, 15, 15), strict=True)
+            )
+            print(f"  {m['name']:<34} {m['backbone_macs'] / 1e9:8.2f} {m['head_macs'] / 1e9:10.2f} {cells}".rstrip())
 
 
 if __name__ == "__main__":
