@@ -391,8 +391,11 @@ class KittiTask(Task):
 
     # --- prediction --------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_split(self, model: nn.Module, split: str, out_dir: Path, progress: bool = True) -> list[Path]:
-        """Detect every frame of ``split`` under ``data.root`` and write, per frame ``ID``:
+    def predict_split(
+        self, model: nn.Module, split: str, out_dir: Path, progress: bool = True, max_frames: int | None = None
+    ) -> list[Path]:
+        """Detect every frame of ``split`` under ``data.root`` (the first ``max_frames`` when given) and
+        write, per frame ``ID``:
         ``ID.txt`` (KITTI result format with the score column), ``ID_bev.png`` (points, ground truth when
         labelled, detections with heading) and ``ID_image.png`` (``image_2`` with the projected 3D boxes).
         Files are written atomically. Returns the files written."""
@@ -408,7 +411,8 @@ class KittiTask(Task):
         model.eval()
         rng = self.cfg.detection.point_cloud_range
         written: list[Path] = []
-        for index in bar(range(len(dataset)), desc="predict", enabled=progress, leave=False):
+        count = len(dataset) if max_frames is None else min(max_frames, len(dataset))
+        for index in bar(range(count), desc="predict", enabled=progress, leave=False):
             sample = dataset[index]
             batch = self.to_device(collate_kitti([sample]), device, channels_last=False)
             det = self.detect(model, batch)[0]
