@@ -11,6 +11,7 @@ from typing import Any
 
 EPILOG = """examples:
   hrnas demo                                   search, retrain, evaluate and export on the demo scenes
+  hrnas demo --task kitti                      the same for KITTI 3D detection on simulated LiDAR frames
   hrnas zoo                                    list the zoo
   hrnas cost hrnas_cityscapes_supernet --input-size 512 1024 --no-transformer
   hrnas cost pointpillars_bev --input-size 496 432   KITTI detector: VFE + backbone + anchor head
@@ -240,9 +241,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.task == "kitti":
+        from hrnas.demo_kitti import run_kitti_demo
+
+        out = Path(args.out or "runs/demo_kitti")
+        run_kitti_demo(out, Path(args.data) if args.data else None, quick=args.quick, overrides=args.set or [])
+        return 0
     from hrnas.demo import run_demo
 
-    run_demo(out_dir=Path(args.out), data_root=Path(args.data), quick=args.quick, overrides=args.set or [])
+    out, data = Path(args.out or "runs/demo"), Path(args.data or "data/demo")
+    run_demo(out_dir=out, data_root=data, quick=args.quick, overrides=args.set or [])
     return 0
 
 
@@ -273,8 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="search, retrain, evaluate and export on generated demo scenes (CPU, minutes)")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--data", default="data/demo", help="demo dataset folder, generated if missing")
+    p.add_argument(
+        "--task",
+        choices=("segmentation", "kitti"),
+        default="segmentation",
+        help="segmentation (default) or kitti (3D detection on simulated LiDAR frames)",
+    )
+    p.add_argument("--out", help="output folder (default runs/demo, runs/demo_kitti for kitti)")
+    p.add_argument(
+        "--data", help="demo dataset folder, generated if missing (default data/demo, data/kitti_sim_demo for kitti)"
+    )
     p.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test of the pipeline)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a demo config value")
     p.set_defaults(func=cmd_demo)
