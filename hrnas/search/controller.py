@@ -271,9 +271,9 @@ class SearchController:
         if not do_shrink:
             record["blocks"] = architecture_record(self.spec)
             return ShrinkResult(self.spec, model, optimizer, ema, record)
-        net = as_hrnet(model)
-        new_spec, new_model, maps = shrink(net, self.spec, keep)
-        new_optimizer = remap_optimizer(optimizer, net, new_model, maps)
+        # the whole model, so that a task model around the HRNet (a detector) comes back rebuilt around it
+        new_spec, new_model, maps = shrink(model, self.spec, keep)
+        new_optimizer = remap_optimizer(optimizer, model, new_model, maps)
         if ema is not None:
             _, new_shadow, _ = shrink(ema.module, self.spec, keep)
             ema.replace_module(new_shadow)
