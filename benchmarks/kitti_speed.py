@@ -285,13 +285,13 @@ def main() -> None:
     print(f"  {'total':<12} {sum(results.values()):10.2f} {sum(fastest.values()):10.2f}")
     if models:
         print(f"network stages on the {size[0]}×{size[1]} pseudo-image, batch 1 (median / min ms):")
-        print(f"  {'backbone':<34} {'bb GMACs':>8} {'head GMACs':>10} {'backbone':>17} {'head':>15} {'decode+nms':>15}")
+        print(f"  {'backbone':<40} {'bb GMACs':>8} {'head GMACs':>10} {'backbone':>17} {'head':>15} {'decode+nms':>15}")
         for m in models:
             cells = " ".join(
                 f"{m[f'{s}_median_ms']:8.1f}/{m[f'{s}_min_ms']:<8.1f}".rjust(w)
                 for s, w in zip(MODEL_STAGES, (17, 15, 15), strict=True)
             )
-            print(f"  {m['name']:<34} {m['backbone_macs'] / 1e9:8.2f} {m['head_macs'] / 1e9:10.2f} {cells}".rstrip())
+            print(f"  {m['name']:<40} {m['backbone_macs'] / 1e9:8.2f} {m['head_macs'] / 1e9:10.2f} {cells}".rstrip())
 
 
 if __name__ == "__main__":
