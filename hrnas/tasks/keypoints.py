@@ -25,6 +25,10 @@ argmax with the quarter-pixel shift, mapped back to image pixels, rescored and O
 Under several processes each one decodes its shard of the boxes; the results are gathered to rank 0 with
 ``torch.distributed.all_gather_object``, rank 0 runs ``COCOeval`` once over all of them and broadcasts the
 metrics, so the AP is exactly that of a single-process evaluation.
+
+References that ignore the pixels, scored by the same evaluator (``hrnas evaluate CKPT --baselines``): every
+joint at its box centre (:func:`box_center_results`) and every joint at its mean place in the box, learnt
+from the training annotations (:func:`mean_pose_results`).
 """
 
 from __future__ import annotations

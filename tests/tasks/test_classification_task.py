@@ -167,7 +167,7 @@ def test_cli_search_retrain_evaluate_predict_export(
 
 
 def test_fashion_mnist_search_uses_official_test_split(fake_fashion: list[str], tmp_path: Path) -> None:
-    base = _common("model.spec=test_cls")
+    base = _common("model.spec=test_cls", "data.crop_size=[32, 32]")
     target = _target("demo_cls", base, (32, 32))
     cfg = load_config("demo_cls", [*base, *_search(target)])
     result = train(cfg, tmp_path / "run", show_progress=False)
@@ -175,7 +175,9 @@ def test_fashion_mnist_search_uses_official_test_split(fake_fashion: list[str], 
     assert result.metrics["num_samples"] == 20 and 0.0 <= result.metrics["top1"] <= 1.0
     assert cost(result.spec, (32, 32)).macs <= target
     x, _ = get_task(cfg).train_dataset()[0]
-    assert x.shape == (3, 32, 32)
+    assert x.shape == (3, 32, 32)  # 28x28 zero-padded
+    x, _ = get_task(load_config("demo_cls")).val_dataset()[0]
+    assert x.shape == (3, 40, 40)  # the preset's size, resized
 
 
 def test_label_smoothing_only_in_training_loss(fake_fashion: list[str]) -> None:
@@ -329,8 +331,8 @@ def test_config_mismatches_are_errors(image_root: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fashion_mnist_search_and_retrain_reach_90_percent(tmp_path: Path) -> None:
-    """The acceptance run on the real data: `hrnas search demo_cls`, then a 1000-step `hrnas retrain demo_cls`
-    of the searched network from scratch (CPU, about 35 minutes on two cores)."""
+    """The acceptance run on the real data: `hrnas search demo_cls`, then `hrnas retrain demo_cls --init
+    inherit --set train.steps=3500` of the searched network (CPU, about 30 minutes on one thread)."""
     import subprocess
     import sys
 
@@ -341,8 +343,8 @@ def test_fashion_mnist_search_and_retrain_reach_90_percent(tmp_path: Path) -> No
     cli = [sys.executable, "-m", "hrnas.cli"]
     subprocess.run([*cli, "search", "demo_cls", "--run-dir", str(search)], check=True)
     arch = search / "arch.json"
-    retrain_cmd = [*cli, "retrain", "demo_cls", "--arch", str(arch), "--run-dir", str(retrain)]
-    subprocess.run([*retrain_cmd, "--set", "train.steps=1000"], check=True)
+    retrain_cmd = [*cli, "retrain", "demo_cls", "--arch", str(arch), "--init", "inherit", "--run-dir", str(retrain)]
+    subprocess.run([*retrain_cmd, "--set", "train.steps=3500"], check=True)
     metrics = json.loads((retrain / "final_metrics.json").read_text())
     assert metrics["num_samples"] == 10_000 and metrics["top1"] >= 0.90
     assert metrics["macs"] <= load_config("demo_cls").search.target_macs
