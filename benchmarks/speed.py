@@ -16,6 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from hrnas.engine.allocator import tune_heap
 from hrnas.space.cost import cost, format_macs
 from hrnas.space.deploy import deploy
 from hrnas.space.network import build_model
@@ -36,8 +37,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps (after 2 warm-up steps)")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument(
+        "--no-heap-tuning", action="store_true", help="keep glibc's malloc defaults (see hrnas.engine.allocator)"
+    )
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of one training step")
     args = ap.parse_args()
+    heap_tuned = False if args.no_heap_tuning else tune_heap()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -87,7 +92,7 @@ def main() -> None:
     print(f"spec             {args.spec} (transformers {'on' if args.transformer else 'off'})")
     print(
         f"input            {args.batch}×3×{h}×{w}, {'NCHW' if args.no_channels_last else 'channels_last'}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, heap tuning {'on' if heap_tuned else 'off'}"
     )
     print(f"cost             {format_macs(c.macs)} MACs/image, {c.params / 1e6:.3f} M params")
     print(f"train step       {train_ips:.2f} img/s  ({3 * c.macs * train_ips / 1e9:.1f} GMAC/s as 3× forward)")

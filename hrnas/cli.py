@@ -400,6 +400,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from hrnas.engine.allocator import tune_heap
+
+    tune_heap()
     try:
         return int(args.func(args) or 0)
     except _known_errors() as exc:
