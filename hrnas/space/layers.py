@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from hrnas.space.depthwise import depthwise_conv2d
 from hrnas.space.spec import BlockSpec
 from hrnas.space.transformer import LightTransformer
 
@@ -63,11 +64,15 @@ class MixedDepthwise(nn.Module):
             nn.Conv2d(h, h, k, stride, k // 2, groups=h, bias=bias) for k, h in zip(kernel_sizes, hidden, strict=True)
         )
 
+    @staticmethod
+    def _conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+        return depthwise_conv2d(x, conv.weight, conv.bias, conv.stride[0], conv.padding[0])  # type: ignore[index]
+
     def forward(self, x: Tensor) -> Tensor:
         if len(self.convs) == 1:
-            return self.convs[0](x)
+            return self._conv(self.convs[0], x)
         parts = torch.split(x, self.splits, dim=1)
-        return torch.cat([conv(p) for conv, p in zip(self.convs, parts, strict=True)], dim=1)
+        return torch.cat([self._conv(conv, p) for conv, p in zip(self.convs, parts, strict=True)], dim=1)
 
 
 class SearchBlock(nn.Module):
