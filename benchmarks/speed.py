@@ -1,7 +1,8 @@
 """Training-step and inference throughput of a zoo network on this machine.
 
-Prints images/s of a full training step (forward, backward, SGD step) with the peak resident memory,
-and images/s of the deployed (BN-folded) eval forward. Optionally a torch.profiler breakdown.
+Prints images/s (median and best over the timed steps) of a full training step (forward, backward,
+SGD step) with the peak resident memory, and images/s of the deployed (BN-folded) eval forward.
+Optionally a torch.profiler breakdown.
 
     python benchmarks/speed.py                       # hrnas_cls_supernet, no transformers, 128², batch 16
     python benchmarks/speed.py --spec hrnas_cityscapes_supernet --input-size 128 256 --profile
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +31,23 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _throughput(step: Callable[[], object], batch: int, steps: int) -> tuple[float, float]:
+    """(median, best) images/s over ``steps`` timed calls; the median resists a noisy neighbour."""
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times), batch / min(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default="hrnas_cls_supernet")
     ap.add_argument("--transformer", action="store_true", help="keep the zoo spec's transformers")
     ap.add_argument("--input-size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=6, help="timed steps (after 2 warm-up steps)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up steps)")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument(
@@ -67,10 +80,7 @@ def main() -> None:
     model.train()
     for _ in range(2):
         train_step()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        train_step()
-    train_ips = args.batch * args.steps / (time.perf_counter() - t0)
+    train_ips, train_best = _throughput(train_step, args.batch, args.steps)
     train_rss = peak_rss_mib()
 
     if args.profile:
@@ -84,10 +94,7 @@ def main() -> None:
     with torch.inference_mode():
         for _ in range(2):
             eval_model(x)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            eval_model(x)
-        eval_ips = args.batch * args.steps / (time.perf_counter() - t0)
+        eval_ips, eval_best = _throughput(lambda: eval_model(x), args.batch, args.steps)
 
     print(f"spec             {args.spec} (transformers {'on' if args.transformer else 'off'})")
     print(
@@ -95,9 +102,10 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, heap tuning {'on' if heap_tuned else 'off'}"
     )
     print(f"cost             {format_macs(c.macs)} MACs/image, {c.params / 1e6:.3f} M params")
-    print(f"train step       {train_ips:.2f} img/s  ({3 * c.macs * train_ips / 1e9:.1f} GMAC/s as 3× forward)")
+    gmacs = 3 * c.macs * train_ips / 1e9
+    print(f"train step       {train_ips:.2f} img/s median, {train_best:.2f} best  ({gmacs:.1f} GMAC/s as 3× forward)")
     print(f"peak memory      {train_rss:.0f} MiB resident")
-    print(f"deployed eval    {eval_ips:.2f} img/s")
+    print(f"deployed eval    {eval_ips:.2f} img/s median, {eval_best:.2f} best")
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ class SearchBlock(nn.Module):
         super().__init__()
         spec = spec.without_empty_groups()
         self.spec = spec
+        self.grouped_path: nn.Module | None = None
         hidden = spec.total_hidden
         if hidden > 0:
             self.expand = nn.Conv2d(spec.in_channels, hidden, 1, bias=False)
@@ -130,6 +131,8 @@ class SearchBlock(nn.Module):
 
     def conv_path(self, x: Tensor) -> Tensor:
         """The expansion → depthwise → projection path (requires hidden channels)."""
+        if self.grouped_path is not None:  # deployed form (hrnas.space.deploy)
+            return self.grouped_path(x)
         u = self.act1(self.expand_bn(self.expand(x)))
         v = self.act2(self.dw_bn(self.depthwise(u)))
         return self.project_bn(self.project(v))
