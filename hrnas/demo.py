@@ -14,13 +14,19 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hrnas.engine.config import load_config
 from hrnas.space.cost import cost, format_macs
+
+if TYPE_CHECKING:
+    from hrnas.engine.config import RunConfig
+    from hrnas.engine.trainer import TrainResult
+    from hrnas.tasks.base import Task
 
 DEMO_SEARCH = [
     "model.spec=hrnas_demo_supernet",
@@ -61,16 +67,70 @@ def background_miou(task: Any) -> float:
     return float(matrix.compute()["miou"])
 
 
+@dataclass(frozen=True)
+class SearchAndRetrain:
+    """The first two steps of a demo: both run configs, the task, the supernet spec and the input size
+    its MACs are counted at, both training results and the seconds each took."""
+
+    search_cfg: RunConfig
+    retrain_cfg: RunConfig
+    task: Task
+    supernet: Any  # the task's supernet spec (NetSpec or PointPillarsSpec)
+    input_size: tuple[int, ...]
+    searched: TrainResult
+    retrained: TrainResult
+    search_seconds: float
+    retrain_seconds: float
+
+
+def search_and_retrain(
+    preset: str,
+    search_overrides: Sequence[str],
+    retrain_overrides: Sequence[str],
+    out_dir: Path,
+    total_steps: int,
+    searched_what: str = "architecture",
+) -> SearchAndRetrain:
+    """Search ``preset`` into ``out_dir/search``, then retrain the searched network into
+    ``out_dir/retrain`` starting from the search's weights, printing steps 1 and 2 of ``total_steps``.
+
+    The short demo budget is spent better continuing from the search's weights than from scratch
+    (`hrnas retrain --init inherit`); benchmarks/searched_vs_uniform.py compares archs from scratch.
+    """
+    from hrnas.engine.checkpoint import load_checkpoint
+    from hrnas.engine.trainer import inference_state, train
+    from hrnas.tasks.base import get_task
+
+    search_cfg = load_config(preset, search_overrides)
+    retrain_cfg = load_config(preset, retrain_overrides)
+    size = tuple(search_cfg.penalty_input_size)
+    task = get_task(search_cfg)
+    supernet = task.build_spec()
+    print(
+        f"[1/{total_steps}] search: {supernet.name} ({format_macs(cost(supernet, size).macs)} MACs at "
+        f"{size[0]}×{size[1]}) → target {format_macs(search_cfg.search.target_macs)}"
+    )
+    t0 = time.perf_counter()
+    searched = train(search_cfg, out_dir / "search")
+    t_search = time.perf_counter() - t0
+
+    print(f"[2/{total_steps}] retrain the searched {searched_what} (weights inherited from the search)")
+    t0 = time.perf_counter()
+    init_state = inference_state(load_checkpoint(out_dir / "search" / "final.pt", expect_task=task.name))
+    retrained = train(retrain_cfg, out_dir / "retrain", arch=searched.spec, init_state=init_state)
+    return SearchAndRetrain(
+        search_cfg, retrain_cfg, task, supernet, size, searched, retrained, t_search, time.perf_counter() - t0
+    )
+
+
 def run_demo(
     out_dir: Path = Path("runs/demo"),
     data_root: Path = Path("data/demo"),
     quick: bool = False,
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    from hrnas.engine.checkpoint import load_checkpoint
-    from hrnas.engine.trainer import inference_state, load_model_from_checkpoint, train
+    from hrnas.engine.trainer import load_model_from_checkpoint
     from hrnas.export.onnx import export_onnx
-    from hrnas.tasks.base import get_task
     from hrnas.tasks.predict import predict_segmentation
     from hrnas.tasks.segmentation import prepare_demo_data
 
@@ -81,27 +141,15 @@ def run_demo(
     extra = QUICK if quick else []
     prepare_demo_data(data_root)
 
-    search_cfg = load_config("demo_seg", [*data, *DEMO_SEARCH, *extra, *overrides])
-    retrain_cfg = load_config("demo_seg", [*data, *DEMO_SEARCH, *DEMO_RETRAIN, *extra, *overrides])
-    size = tuple(search_cfg.penalty_input_size)
-    task = get_task(search_cfg)
-    supernet = task.build_spec()
-
-    print(
-        f"[1/4] search: {supernet.name} ({format_macs(cost(supernet, size).macs)} MACs at {size[0]}×{size[1]}) "
-        f"→ target {format_macs(search_cfg.search.target_macs)}"
+    run = search_and_retrain(
+        "demo_seg",
+        [*data, *DEMO_SEARCH, *extra, *overrides],
+        [*data, *DEMO_SEARCH, *DEMO_RETRAIN, *extra, *overrides],
+        out_dir,
+        total_steps=4,
     )
-    t0 = time.perf_counter()
-    searched = train(search_cfg, out_dir / "search")
-    t_search = time.perf_counter() - t0
-
-    print("[2/4] retrain the searched architecture (weights inherited from the search)")
-    t0 = time.perf_counter()
-    # The short demo budget is spent better continuing from the search's weights than from scratch
-    # (`hrnas retrain --init inherit`); benchmarks/searched_vs_uniform.py compares archs from scratch.
-    init_state = inference_state(load_checkpoint(out_dir / "search" / "final.pt", expect_task=task.name))
-    retrained = train(retrain_cfg, out_dir / "retrain", arch=searched.spec, init_state=init_state)
-    t_retrain = time.perf_counter() - t0
+    task, supernet, size, search_cfg = run.task, run.supernet, run.input_size, run.search_cfg
+    searched, retrained, t_search, t_retrain = run.searched, run.retrained, run.search_seconds, run.retrain_seconds
 
     print("[3/4] evaluate, predict")
     baseline = background_miou(task)

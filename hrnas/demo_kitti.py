@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hrnas.engine.config import load_config
 from hrnas.space.cost import cost, format_macs
 
 NUM_TRAIN = 200
@@ -114,8 +113,8 @@ def run_kitti_demo(
     with ``quick``, so the smoke run never replaces the demo set). ``quick`` runs a few steps on a handful
     of frames (a smoke test); ``overrides`` are ``KEY=VALUE`` config overrides applied to both search and retrain."""
     from hrnas.data.kitti.simulator import FAST_SCANNER, generate, read_meta
-    from hrnas.engine.checkpoint import load_checkpoint
-    from hrnas.engine.trainer import inference_state, load_model_from_checkpoint, train
+    from hrnas.demo import search_and_retrain
+    from hrnas.engine.trainer import load_model_from_checkpoint
     from hrnas.export.detector_onnx import export_detector_onnx
     from hrnas.tasks.base import get_task
     from hrnas.tasks.kitti_eval import format_kitti_table
@@ -134,24 +133,17 @@ def run_kitti_demo(
 
     extra = QUICK_KITTI if quick else []
     data = [f"data.root={data_root}", *DEMO_KITTI_DATA]
-    search_cfg = load_config("demo_kitti", [*data, *DEMO_KITTI_SEARCH, *extra, *overrides])
-    retrain_cfg = load_config("demo_kitti", [*data, *DEMO_KITTI_SEARCH, *DEMO_KITTI_RETRAIN, *extra, *overrides])
-    grid = tuple(search_cfg.penalty_input_size)
-    task = get_task(search_cfg)
-    supernet = task.build_spec()
-    print(
-        f"[1/5] search: {supernet.name} ({format_macs(cost(supernet, grid).macs)} MACs at {grid[0]}×{grid[1]}) "
-        f"→ target {format_macs(search_cfg.search.target_macs)}"
+    run = search_and_retrain(
+        "demo_kitti",
+        [*data, *DEMO_KITTI_SEARCH, *extra, *overrides],
+        [*data, *DEMO_KITTI_SEARCH, *DEMO_KITTI_RETRAIN, *extra, *overrides],
+        out_dir,
+        total_steps=5,
+        searched_what="backbone",
     )
-    t0 = time.perf_counter()
-    searched = train(search_cfg, out_dir / "search")
-    t_search = time.perf_counter() - t0
-
-    print("[2/5] retrain the searched backbone (weights inherited from the search)")
-    t0 = time.perf_counter()
-    init_state = inference_state(load_checkpoint(out_dir / "search" / "final.pt", expect_task=task.name))
-    retrained = train(retrain_cfg, out_dir / "retrain", arch=searched.spec, init_state=init_state)
-    t_retrain = time.perf_counter() - t0
+    task, supernet, grid = run.task, run.supernet, run.input_size
+    search_cfg, retrain_cfg = run.search_cfg, run.retrain_cfg
+    searched, retrained, t_search, t_retrain = run.searched, run.retrained, run.search_seconds, run.retrain_seconds
     metrics = retrained.metrics  # the official evaluation of the val split at the end of the retrain
 
     print(f"[3/5] predict {PREDICT_FRAMES} val frames (KITTI result files, BEV and camera pictures)")
