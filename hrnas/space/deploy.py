@@ -62,68 +62,47 @@ def fold_bn_transposed(conv: nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.ConvT
 
 
 class GroupedInferencePath(nn.Module):
-    """A deployed search block's expansion → depthwise → projection path, one kernel group at a time.
+    """A deployed search block's expansion → depthwise → projection path, expanded kernel group by group.
 
-    Σ_g P_g(act(DW_g(act(E_g(x))))) with BN folded into every conv: each depthwise convolution reads a
+    P(cat_g act(DW_g(act(E_g(x))))) with BN folded into every conv: each depthwise convolution reads a
     tensor of its own instead of a channel slice of one expansion output, so inference makes no slice
-    copies and no concatenation (about a sixth of the deployed forward in the fused layout).
+    copies; the projection stays one convolution, so the outputs equal the fused layout's exactly.
     """
 
-    def __init__(self, expand: list[nn.Conv2d], depthwise: list[nn.Conv2d], project: list[nn.Conv2d], act: nn.Module):
+    def __init__(self, expand: list[nn.Conv2d], depthwise: list[nn.Conv2d], project: nn.Conv2d, act: nn.Module):
         super().__init__()
         self.expand = nn.ModuleList(expand)
         self.depthwise = nn.ModuleList(depthwise)
-        self.project = nn.ModuleList(project)
+        self.project = project
         self.act = act
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor | None = None
-        for e, d, p in zip(self.expand, self.depthwise, self.project, strict=True):
-            y = p(self.act(d(self.act(e(x)))))
-            out = y if out is None else out + y
-        assert out is not None
-        return out
+        parts = [self.act(d(self.act(e(x)))) for e, d in zip(self.expand, self.depthwise, strict=True)]
+        return self.project(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
 
 
 @torch.no_grad()
 def _grouped_path(block: SearchBlock) -> GroupedInferencePath:
-    expand, project = block.expand, fold_bn(block.project, block.project_bn)
-    expands, projects = [], []
-    start = 0
-    for i, conv in enumerate(block.depthwise.convs):
-        sl = slice(start, start + conv.out_channels)
-        start = sl.stop
-        e = nn.Conv2d(expand.in_channels, conv.out_channels, 1, bias=False).to(expand.weight)
-        e.weight.copy_(expand.weight[sl])
-        expands.append(fold_bn(e, block.expand_bn, sl))
-        p = nn.Conv2d(conv.out_channels, project.out_channels, 1, bias=i == 0).to(project.weight)
-        p.weight.copy_(project.weight[:, sl])
-        if i == 0:
-            p.bias.copy_(project.bias)
-        projects.append(p)
-    depthwise = []
+    """The block's path with every BN folded: group g gets rows g of the expansion and its depthwise conv."""
+    expands, depthwise = [], []
     start = 0
     for conv in block.depthwise.convs:
-        depthwise.append(fold_bn(conv, block.dw_bn, slice(start, start + conv.out_channels)))
-        start += conv.out_channels
+        group = slice(start, start + conv.out_channels)
+        start = group.stop
+        e = nn.Conv2d(block.expand.in_channels, conv.out_channels, 1, bias=False).to(block.expand.weight)
+        e.weight.copy_(block.expand.weight[group])
+        expands.append(fold_bn(e, block.expand_bn, group))
+        depthwise.append(fold_bn(conv, block.dw_bn, group))
     assert type(block.act1) is type(block.act2)
-    return GroupedInferencePath(expands, depthwise, projects, block.act1)
+    return GroupedInferencePath(expands, depthwise, fold_bn(block.project, block.project_bn), block.act1)
 
 
 def _deploy_block(block: SearchBlock) -> None:
     if block.spec.total_hidden == 0:
         return
-    if len(block.depthwise.convs) > 1:
-        block.grouped_path = _grouped_path(block)
-        for name in ("expand", "expand_bn", "depthwise", "dw_bn", "project", "project_bn"):
-            delattr(block, name)
-        return
-    block.expand = fold_bn(block.expand, block.expand_bn)
-    block.expand_bn = nn.Identity()
-    block.depthwise.convs[0] = fold_bn(block.depthwise.convs[0], block.dw_bn)
-    block.dw_bn = nn.Identity()
-    block.project = fold_bn(block.project, block.project_bn)
-    block.project_bn = nn.Identity()
+    block.grouped_path = _grouped_path(block)
+    for name in ("expand", "expand_bn", "depthwise", "dw_bn", "project", "project_bn"):
+        delattr(block, name)
 
 
 def _deploy_transformer(t: LightTransformer) -> None:
