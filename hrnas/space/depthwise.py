@@ -51,7 +51,7 @@ class _DepthwiseConv2d(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
-def uses_fast_backward(x: Tensor, weight: Tensor, stride: int, bias: Tensor | None) -> bool:
+def uses_fast_backward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> bool:
     """Whether :func:`depthwise_conv2d` takes the custom-backward path for these arguments."""
     k = weight.shape[-1]
     return (
@@ -62,6 +62,7 @@ def uses_fast_backward(x: Tensor, weight: Tensor, stride: int, bias: Tensor | No
         and bias is None
         and k >= 5
         and k % 2 == 1
+        and padding == k // 2
         and weight.shape[-2] == k
         and weight.shape[1] == 1
         and not torch.jit.is_scripting()
@@ -76,6 +77,6 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
     Same result and gradients as ``F.conv2d(x, weight, bias, stride, padding, groups=C)``; see the
     module docstring for when the faster backward is used.
     """
-    if uses_fast_backward(x, weight, stride, bias) and padding == weight.shape[-1] // 2:
+    if uses_fast_backward(x, weight, bias, stride, padding):
         return _DepthwiseConv2d.apply(x, weight, padding)
     return F.conv2d(x, weight, bias, stride, padding, 1, weight.shape[0])

@@ -39,7 +39,7 @@ def test_values_and_gradients_match_native(k: int, layout: str, shape: tuple[int
             x = x.to(memory_format=torch.channels_last)
     weight = torch.randn(c, 1, k, k)
     grad = torch.randn(b, c, h, w)
-    assert uses_fast_backward(x.requires_grad_(), weight, 1, None)
+    assert uses_fast_backward(x.requires_grad_(), weight, None, 1, k // 2)
     native, fast = _native_and_fast(x, weight, grad)
     for name, a, f in zip(("output", "grad_input", "grad_weight"), native, fast, strict=True):
         torch.testing.assert_close(f, a, rtol=1e-5, atol=1e-4, msg=name)
@@ -54,8 +54,9 @@ def test_gradcheck_double() -> None:
 
 def test_native_path_where_not_faster_or_not_applicable() -> None:
     x = torch.randn(1, 4, 8, 8, requires_grad=True)
-    assert not uses_fast_backward(x, torch.randn(4, 1, 3, 3), 1, None)  # 3×3: native backward is fast
-    assert not uses_fast_backward(x, torch.randn(4, 1, 5, 5), 2, None)  # stride 2
-    assert not uses_fast_backward(x, torch.randn(4, 1, 5, 5), 1, torch.zeros(4))  # bias (deployed form)
+    assert not uses_fast_backward(x, torch.randn(4, 1, 3, 3), None, 1, 1)  # 3×3: native backward is fast
+    assert not uses_fast_backward(x, torch.randn(4, 1, 5, 5), None, 2, 2)  # stride 2
+    assert not uses_fast_backward(x, torch.randn(4, 1, 5, 5), None, 1, 0)  # not "same" padding
+    assert not uses_fast_backward(x, torch.randn(4, 1, 5, 5), torch.zeros(4), 1, 2)  # bias (deployed form)
     with torch.no_grad():
-        assert not uses_fast_backward(x, torch.randn(4, 1, 5, 5), 1, None)
+        assert not uses_fast_backward(x, torch.randn(4, 1, 5, 5), None, 1, 2)
