@@ -174,3 +174,30 @@ def test_rejects_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="tensor or a tuple of tensors"):
         export_onnx(DictOut(), tmp_path / "m.onnx", input_size=(8, 8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_inputs_replace_the_random_check_batches(tmp_path: Path) -> None:
+    model = calibrated_model("test_seg", (32, 32))
+    images = [torch.rand(1, 3, 32, 32), torch.rand(4, 3, 32, 32)]
+    report = export_onnx(model, tmp_path / "m.onnx", input_size=(32, 32), dynamo=False, check_inputs=images)
+    assert report.checked_batches == (1, 4)
+    with torch.no_grad():
+        expected = deploy(model)(images[1]).numpy()
+    np.testing.assert_allclose(run_ort(report.path, images[1]), expected, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    "inputs,dynamic,match",
+    [
+        ([torch.rand(2, 3, 16, 32)], True, r"check_inputs\[0\] has shape \(2, 3, 16, 32\), expected \(N, \*\(3, 32"),
+        ([torch.rand(3, 32, 32)], True, r"check_inputs\[0\] has shape \(3, 32, 32\)"),
+        ([torch.rand(1, 3, 32, 32), torch.rand(3, 3, 32, 32)], False, r"check_inputs\[1\] has batch 3 but the export"),
+    ],
+)
+def test_check_inputs_of_the_wrong_shape_are_named(tmp_path: Path, inputs, dynamic: bool, match: str) -> None:
+    model = build_model(get_spec("test_seg"))
+    with pytest.raises(ValueError, match=match):
+        export_onnx(
+            model, tmp_path / "m.onnx", input_size=(32, 32), dynamo=False, dynamic_batch=dynamic, check_inputs=inputs
+        )
+    assert not list(tmp_path.iterdir())
