@@ -62,39 +62,56 @@ def fold_bn_transposed(conv: nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.ConvT
 
 
 class GroupedInferencePath(nn.Module):
-    """A deployed search block's expansion → depthwise → projection path, expanded kernel group by group.
+    """A deployed search block's expansion → depthwise → projection path, computed kernel group by group.
 
-    P(cat_g act(DW_g(act(E_g(x))))) with BN folded into every conv: each depthwise convolution reads a
-    tensor of its own instead of a channel slice of one expansion output, so inference makes no slice
-    copies; the projection stays one convolution, so the outputs equal the fused layout's exactly.
+    Σ_g P_g(act(DW_g(act(E_g(x))))) with BN folded into every conv, where E_g are the expansion rows of
+    group g and P_g the projection columns (the first carries the projection's bias). Each depthwise
+    convolution reads a tensor of its own and the groups are summed after projection, so inference
+    makes no channel-slice copies and no concatenation of the wide hidden tensor. Equal to the fused
+    layout up to float summation order.
     """
 
-    def __init__(self, expand: list[nn.Conv2d], depthwise: list[nn.Conv2d], project: nn.Conv2d, act: nn.Module):
+    def __init__(
+        self, expand: list[nn.Conv2d], depthwise: list[nn.Conv2d], project: list[nn.Conv2d], act: nn.Module
+    ) -> None:
         super().__init__()
+        if not len(expand) == len(depthwise) == len(project) > 0:
+            raise ValueError("GroupedInferencePath needs one expansion, depthwise and projection per group")
         self.expand = nn.ModuleList(expand)
         self.depthwise = nn.ModuleList(depthwise)
-        self.project = project
+        self.project = nn.ModuleList(project)
         self.act = act
 
     def forward(self, x: Tensor) -> Tensor:
-        parts = [self.act(d(self.act(e(x)))) for e, d in zip(self.expand, self.depthwise, strict=True)]
-        return self.project(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+        out: Tensor | None = None
+        for e, d, p in zip(self.expand, self.depthwise, self.project, strict=True):
+            y = p(self.act(d(self.act(e(x)))))
+            out = y if out is None else out + y
+        assert out is not None
+        return out
 
 
 @torch.no_grad()
 def _grouped_path(block: SearchBlock) -> GroupedInferencePath:
-    """The block's path with every BN folded: group g gets rows g of the expansion and its depthwise conv."""
-    expands, depthwise = [], []
+    """The block's path with every BN folded: group g gets rows g of the expansion, its depthwise conv
+    and columns g of the projection."""
+    expands, depthwise, projects = [], [], []
+    project = fold_bn(block.project, block.project_bn)
     start = 0
-    for conv in block.depthwise.convs:
+    for i, conv in enumerate(block.depthwise.convs):
         group = slice(start, start + conv.out_channels)
         start = group.stop
         e = nn.Conv2d(block.expand.in_channels, conv.out_channels, 1, bias=False).to(block.expand.weight)
         e.weight.copy_(block.expand.weight[group])
         expands.append(fold_bn(e, block.expand_bn, group))
         depthwise.append(fold_bn(conv, block.dw_bn, group))
+        p = nn.Conv2d(conv.out_channels, project.out_channels, 1, bias=i == 0).to(project.weight)
+        p.weight.copy_(project.weight[:, group])
+        if i == 0:
+            p.bias.copy_(project.bias)
+        projects.append(p)
     assert type(block.act1) is type(block.act2)
-    return GroupedInferencePath(expands, depthwise, fold_bn(block.project, block.project_bn), block.act1)
+    return GroupedInferencePath(expands, depthwise, projects, block.act1)
 
 
 def _deploy_block(block: SearchBlock) -> None:
