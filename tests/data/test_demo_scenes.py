@@ -1,13 +1,12 @@
 """The demo scene generator: layout, exact labels, COCO keypoints, determinism, atomic writes.
 
-Items come from a small synthetic Fashion-MNIST (ellipses) so the tests need no downloaded data.
+Items come from a small synthetic Fashion-MNIST (ellipses, ``fashion_root`` in tests/conftest.py) so the
+tests need no downloaded data.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -19,40 +18,11 @@ from pycocotools.cocoeval import COCOeval
 
 from hrnas.data import demo_scenes as ds
 from hrnas.data.errors import DatasetError
-from hrnas.data.fashion_mnist import SPLIT_FILES
+from hrnas.data.fashion_mnist import load_fashion_mnist
 from hrnas.data.segmentation import CityscapesSegmentation
 
 # pycocotools 2.x decoding under numpy 2 warns about __array__; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-def fake_items(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Filled ellipses with a soft edge, one per item, 28x28 uint8; labels cycle through 0..9."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:28, 0:28]
-    items = np.zeros((count, 28, 28), np.uint8)
-    for index in range(count):
-        cy, cx = rng.uniform(11, 17, 2)
-        ry, rx = rng.uniform(5, 12, 2)
-        radius = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2
-        items[index] = np.clip((1.3 - radius) * 400, 0, 230).astype(np.uint8)
-    return items, (np.arange(count) % 10).astype(np.uint8)
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as stream:
-        stream.write(header + array.tobytes())
-
-
-@pytest.fixture(scope="module")
-def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("fake-fashion-mnist")
-    for seed, split in enumerate(("train", "test")):
-        items, labels = fake_items(30, seed)
-        write_idx(folder / SPLIT_FILES[split][0], items)
-        write_idx(folder / SPLIT_FILES[split][1], labels)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +94,7 @@ def test_labels_match_visible_instances(demo: Path) -> None:
 
 
 def test_keypoint_visibility_against_occlusion(fashion_root: Path) -> None:
-    items, classes = fake_items(30, 0)
+    items, classes = load_fashion_mnist("train", fashion_root, fetch=False)
     checked_hidden = 0
     for index in range(60):
         _, label, instances = ds.render_scene(np.random.default_rng([9, index]), items, classes, 64)
@@ -228,7 +198,7 @@ def test_refuses_to_replace_other_folders(tmp_path: Path, fashion_root: Path) ->
 
 
 def test_scene_statistics(fashion_root: Path) -> None:
-    items, classes = fake_items(30, 0)
+    items, classes = load_fashion_mnist("train", fashion_root, fetch=False)
     counts = []
     for index in range(40):
         image, label, instances = ds.render_scene(np.random.default_rng([1, index]), items, classes, 128)
