@@ -23,21 +23,9 @@ EPILOG = """examples:
 
 
 def _load_spec(ref: str, transformer: bool = True) -> Any:
-    from hrnas.space.spec import NetSpec
-    from hrnas.space.zoo import get_spec, list_specs, load_spec_file
+    from hrnas.space.zoo import resolve_spec
 
-    if ref in list_specs():
-        return get_spec(ref, transformer=transformer)
-    if not (ref.endswith(".json") or Path(ref).exists()):
-        from hrnas.space.zoo import ZooError
-
-        raise ZooError(f"unknown zoo name {ref!r} and no such spec file (known: {', '.join(list_specs())})")
-    spec = load_spec_file(ref)
-    if not transformer and isinstance(spec, NetSpec):
-        from dataclasses import replace
-
-        spec = spec.replace_blocks({p: replace(b, num_queries=0) for p, b in spec.blocks()})
-    return spec
+    return resolve_spec(ref, transformer=transformer, key="spec")
 
 
 # --- zoo / cost / plot ------------------------------------------------------------------------------

@@ -27,8 +27,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +38,7 @@ from tqdm import tqdm
 
 from hrnas.data.errors import DatasetError
 from hrnas.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+from hrnas.utils.atomic import atomic_folder
 
 GENERATOR_VERSION = 1
 GENERATOR_NAME = "hrnas.data.demo_scenes"
@@ -351,10 +350,7 @@ def generate_demo_scenes(
     if size < 32:
         raise ValueError(f"size must be >= 32 pixels, got {size}")
     root = Path(root)
-    _check_replaceable(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    with atomic_folder(root, _check_replaceable) as staging:
         meta = _expected_meta(num_train, num_val, size, seed)
         counts = {}
         with tqdm(total=num_train + num_val, desc="demo scenes", unit="scene", disable=not progress) as bar:
@@ -369,23 +365,7 @@ def generate_demo_scenes(
         (staging / "classes.json").write_text(json.dumps(list(DEMO_CLASSES), indent=1) + "\n")
         (staging / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         (staging / "DONE").write_text("complete\n")
-        staging.chmod(0o755)
-        _replace_folder(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return root
-
-
-def _replace_folder(new: Path, root: Path) -> None:
-    """Move ``new`` to ``root``, moving any previous ``root`` aside first and deleting it after."""
-    if not root.exists():
-        os.replace(new, root)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-    os.replace(root, old / "previous")
-    os.replace(new, root)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_demo_scenes(

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hrnas.engine.distributed import all_reduce_sum_, get_world_size, is_distributed, unwrap_model
+from hrnas.utils.distributed import all_reduce_sum_, get_world_size, is_distributed, unwrap_model
 
 __all__ = ["calibrate_bn", "default_forward"]
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from hrnas.utils.atomic import TMP_MARKER, atomic_path
 
 __all__ = [
     "CheckpointError",
@@ -40,7 +41,6 @@ __all__ = [
 FORMAT_KEY = "hrnas_checkpoint"
 """Key added to every saved payload; its value is :data:`FORMAT_VERSION`."""
 FORMAT_VERSION = 1
-_TMP_MARKER = ".hrnas-tmp-"
 
 
 class CheckpointError(RuntimeError):
@@ -65,20 +65,6 @@ def _check_plain(value: Any, where: str) -> None:
                     "use tensors, dicts, lists, str, int, float, bool or None")
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename on POSIX file systems (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
     """Atomically write ``payload`` (plus the format marker) to ``path``; return the path.
 
@@ -99,18 +85,11 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
     data = dict(payload)
     data[FORMAT_KEY] = FORMAT_VERSION
     _check_plain(data, "payload")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{_TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
-    try:
+    with atomic_path(path, durable=True) as tmp:
         with open(tmp, "xb") as fh:
             torch.save(data, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
     return path
 
 
@@ -120,7 +99,7 @@ def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
     Only call it when no other process is writing checkpoints into ``folder``. Returns the removed paths.
     """
     removed = []
-    for candidate in Path(folder).glob(f".*{_TMP_MARKER}*"):
+    for candidate in Path(folder).glob(f".*{TMP_MARKER}*"):
         if candidate.is_file():
             candidate.unlink(missing_ok=True)
             removed.append(candidate)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hrnas.engine.distributed import unwrap_model
+from hrnas.utils.distributed import unwrap_model
 
 __all__ = ["ModelEma", "paper_decay"]
 

@@ -34,16 +34,17 @@ from hrnas.engine.checkpoint import (
 )
 from hrnas.engine.config import RunConfig, config_to_dict, save_config
 from hrnas.engine.data import eval_loader, train_batches
-from hrnas.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, unwrap_model
 from hrnas.engine.ema import ModelEma
-from hrnas.engine.logging import RunLogger, progress
 from hrnas.engine.optim import build_optimizer, l2_penalty
+from hrnas.engine.run_log import RunLogger
 from hrnas.engine.schedules import build_scheduler
 from hrnas.space.cost import cost, format_macs
 from hrnas.space.network import build_model
 from hrnas.space.spec import NetSpec
 from hrnas.space.zoo import spec_from_dict
 from hrnas.tasks.base import Task, get_task
+from hrnas.utils.distributed import DistInfo, barrier, broadcast_object, init_distributed, unwrap_model
+from hrnas.utils.progress import progress
 
 
 class TrainingDiverged(RuntimeError):

@@ -235,7 +235,7 @@ class SearchController:
             step: optimizer steps taken (for the record).
             final: the last shrink of the run: EMA-only decision, budget pruning with a target.
             sync: maps the plain keep decision (:func:`keep_to_lists`) to the one to apply, e.g.
-                ``hrnas.engine.distributed.broadcast_object`` so that every rank applies rank 0's.
+                ``hrnas.utils.distributed.broadcast_object`` so that every rank applies rank 0's.
 
         Returns:
             :class:`ShrinkResult` with the new spec, a bare (unwrapped) new model in the old model's

@@ -36,11 +36,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hrnas.engine.distributed import unwrap_model
 from hrnas.search.units import as_hrnet, read_factors, search_blocks
 from hrnas.space.layers import SearchBlock
 from hrnas.space.network import block_modules, build_model
 from hrnas.space.spec import BlockSpec, NetSpec
+from hrnas.utils.distributed import unwrap_model
 
 __all__ = [
     "BlockKeep",

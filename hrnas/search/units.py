@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hrnas.engine.distributed import unwrap_model
 from hrnas.space.cost import channel_unit_macs, iter_blocks, query_unit_macs
 from hrnas.space.layers import SearchBlock
 from hrnas.space.network import HRNet, block_modules
 from hrnas.space.spec import BlockSpec, NetSpec
+from hrnas.utils.distributed import unwrap_model
 
 HW = tuple[int, int]
 

@@ -20,7 +20,6 @@ most of the network invisible. Query bars share one scale over the whole figure.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from hrnas.space.cost import cost, format_macs
 from hrnas.space.spec import BlockSpec, ClassificationHeadSpec, NetSpec, SpecError
+from hrnas.utils.atomic import atomic_path
 
 KERNEL_COLOURS = {3: "#4C72B0", 5: "#55A868", 7: "#DD8452"}
 QUERY_COLOUR = "#8172B3"
@@ -148,14 +148,8 @@ def _check_same_structure(spec: NetSpec, supernet: NetSpec) -> dict[str, BlockSp
 
 def _write_atomically(fig: Figure, out_path: Path, dpi: int) -> None:
     fmt = out_path.suffix.lstrip(".").lower() or "png"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
+    with atomic_path(out_path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def plot_architecture(

@@ -199,6 +199,10 @@ class NetSpec:
             head = replace(head, transform=pick("head.transform", head.transform))
         return replace(self, stages=tuple(stages), head=head)
 
+    def without_transformers(self) -> NetSpec:
+        """A copy with every transformer removed (``num_queries = 0`` in every block)."""
+        return self.replace_blocks({p: replace(b, num_queries=0) for p, b in self.blocks() if b.num_queries})
+
     # --- serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)

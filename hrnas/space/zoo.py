@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +262,28 @@ def get_spec(name: str, transformer: bool = True) -> AnySpec:
         raise ZooError(f"unknown zoo name {name!r} (known: {', '.join(sorted(_REGISTRY))})")
     spec = _REGISTRY[name][0]()
     if not transformer and isinstance(spec, NetSpec):
-        spec = spec.replace_blocks({p: replace(b, num_queries=0) for p, b in spec.blocks()})
+        spec = spec.without_transformers()
+    return spec
+
+
+def resolve_spec(ref: str | AnySpec, transformer: bool = True, key: str = "model.spec") -> AnySpec:
+    """The one way a spec reference is read: a spec object as it is, a zoo name, or a spec JSON file.
+
+    ``transformer=False`` removes every transformer. Errors are :class:`ZooError` / :class:`SpecError`
+    lines that start with ``key`` (the config key or argument the reference came from).
+    """
+    if isinstance(ref, NetSpec | PointPillarsSpec):
+        spec = ref
+    elif not ref:
+        raise ZooError(f"{key}: empty; give a zoo name (see `hrnas zoo`) or a spec JSON file")
+    elif ref in _REGISTRY:
+        spec = _REGISTRY[ref][0]()
+    elif Path(ref).suffix == ".json" or Path(ref).exists():
+        spec = load_spec_file(ref)
+    else:
+        raise ZooError(f"{key}: {ref!r} is neither a zoo name (known: {', '.join(sorted(_REGISTRY))}) nor a file")
+    if not transformer and isinstance(spec, NetSpec):
+        spec = spec.without_transformers()
     return spec
 
 

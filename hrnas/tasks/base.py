@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from hrnas.space.spec import ClassificationHeadSpec, DenseHeadSpec, NetSpec, SpecError
-from hrnas.space.zoo import get_spec, list_specs
+from hrnas.space.spec import ClassificationHeadSpec, DenseHeadSpec, NetSpec
+from hrnas.space.zoo import resolve_spec
 
 
 class TaskError(ValueError):
@@ -137,19 +136,10 @@ class Task:
 
 
 def _resolve_spec(ref: str | NetSpec, transformer: bool) -> NetSpec:
-    if isinstance(ref, NetSpec):
-        return ref
-    if not ref:
-        raise TaskError("model.spec: empty; give a zoo name (see `hrnas zoo`) or a spec JSON file")
-    if ref in list_specs():
-        return get_spec(ref, transformer=transformer)
-    path = Path(ref)
-    if path.suffix == ".json" or path.exists():
-        spec = NetSpec.load(path)
-        if not transformer:
-            spec = spec.replace_blocks({p: replace(b, num_queries=0) for p, b in spec.blocks()})
-        return spec
-    raise SpecError(f"model.spec: {ref!r} is neither a zoo name (known: {', '.join(list_specs())}) nor a file")
+    spec = resolve_spec(ref, transformer=transformer)
+    if not isinstance(spec, NetSpec):
+        raise TaskError(f"model.spec: {spec.name or ref!r} is not an HRNet-space spec")
+    return spec
 
 
 _TASKS: dict[str, Callable[[Any], Task]] = {}

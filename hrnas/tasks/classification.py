@@ -245,8 +245,8 @@ class ClassificationTask(Task):
         Returns ``{"top1", "top5", "top1_error", "loss", "num_samples"}``; accuracies are fractions in
         [0, 1] (top-5 of fewer than 5 classes is top-C), ``loss`` is the mean cross-entropy (nats).
         """
-        from hrnas.engine.distributed import all_reduce_sum_
-        from hrnas.engine.logging import progress as bar
+        from hrnas.utils.distributed import all_reduce_sum_
+        from hrnas.utils.progress import progress as bar
 
         model.eval()
         # [samples, top-1 hits, top-5 hits, summed cross-entropy]; float64 keeps the counts exact.

@@ -290,8 +290,8 @@ class KeypointsTask(Task):
         """
         import torch.distributed as dist
 
-        from hrnas.engine.distributed import broadcast_object, get_rank, is_distributed
-        from hrnas.engine.logging import progress as bar
+        from hrnas.utils.distributed import broadcast_object, get_rank, is_distributed
+        from hrnas.utils.progress import progress as bar
 
         dataset = _unwrap(loader.dataset)
         if not isinstance(dataset, CocoKeypoints):

@@ -52,6 +52,7 @@ from hrnas.detection.postprocess import Detections, PostProcessConfig, postproce
 from hrnas.space.detector import bev_features
 from hrnas.space.pointpillars import PointPillarsSpec
 from hrnas.space.spec import NetSpec, SpecError
+from hrnas.space.zoo import resolve_spec
 from hrnas.tasks.base import Task, TaskError, register_task
 
 __all__ = ["CLASSES", "KittiTask", "summary_metrics"]
@@ -187,7 +188,7 @@ class KittiTask(Task):
             config = self.data_config()
             gs = config.augment.gt_sampling
             if training and gs.enabled:
-                from hrnas.engine.distributed import barrier, get_rank
+                from hrnas.utils.distributed import barrier, get_rank
 
                 if get_rank() == 0:
                     db_path = self.root / gs.db_path if gs.db_path is not None else None
@@ -211,24 +212,10 @@ class KittiTask(Task):
         against the pillar grid; a NetSpec must have a ``detection`` head."""
         from dataclasses import replace
 
-        from hrnas.space.zoo import get_spec, list_specs, load_spec_file
 
         ref = spec_ref if spec_ref is not None else self.cfg.model.spec
         m = self.cfg.model
-        if isinstance(ref, NetSpec | PointPillarsSpec):
-            spec = ref
-        elif not ref:
-            raise TaskError(
-                "model.spec: empty; give a KITTI backbone (pointpillars_bev, hrnas_kitti_supernet) or a JSON"
-            )
-        elif ref in list_specs():
-            spec = get_spec(ref, transformer=m.transformer)
-        elif Path(ref).suffix == ".json" or Path(ref).exists():
-            spec = load_spec_file(ref)
-            if isinstance(spec, NetSpec) and not m.transformer:
-                spec = spec.replace_blocks({p: replace(b, num_queries=0) for p, b in spec.blocks()})
-        else:
-            raise SpecError(f"model.spec: {ref!r} is neither a zoo name (known: {', '.join(list_specs())}) nor a file")
+        spec = resolve_spec(ref, transformer=m.transformer)
         name = spec.name or "spec"
         if isinstance(spec, NetSpec):
             if spec.head.kind not in self.head_kinds:
@@ -342,9 +329,9 @@ class KittiTask(Task):
         """
         import torch.distributed as dist
 
-        from hrnas.engine.distributed import broadcast_object, get_rank, is_distributed
-        from hrnas.engine.logging import progress as bar
         from hrnas.tasks.kitti_eval import evaluate_kitti
+        from hrnas.utils.distributed import broadcast_object, get_rank, is_distributed
+        from hrnas.utils.progress import progress as bar
 
         model.eval()
         frames: list[tuple[str, KittiObjects, KittiObjects]] = []
@@ -401,8 +388,8 @@ class KittiTask(Task):
         Files are written atomically. Returns the files written."""
         import cv2
 
-        from hrnas.engine.logging import progress as bar
         from hrnas.tasks.kitti_vis import draw_bev, draw_camera
+        from hrnas.utils.progress import progress as bar
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -103,7 +103,7 @@ class SegmentationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any, device: torch.device, progress: bool = False) -> dict[str, Any]:
-        from hrnas.engine.logging import progress as bar
+        from hrnas.utils.progress import progress as bar
 
         model.eval()
         matrix = ConfusionMatrix(self.num_outputs(), ignore_index=self.cfg.task.ignore_index, device=device)

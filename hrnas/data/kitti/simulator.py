@@ -43,8 +43,6 @@ import argparse
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,6 +64,7 @@ from hrnas.data.kitti.boxes import (
 from hrnas.data.kitti.formats import KittiCalib, KittiObjects, write_calib, write_label, write_velodyne
 from hrnas.data.kitti.sim_raycast import GROUND, NO_HIT, ScannerConfig, cast
 from hrnas.data.kitti.sim_scene import Scene, SceneConfig, sample_scene
+from hrnas.utils.atomic import atomic_folder
 
 __all__ = [
     "CALIBRATIONS",
@@ -524,17 +523,6 @@ def _check_replaceable(root: Path) -> None:
         raise DatasetError(f"{root}: exists and is not a simulated KITTI dataset; refusing to replace it")
 
 
-def _replace_folder(new: Path, root: Path) -> None:
-    """Move ``new`` to ``root``; a previous ``root`` is moved aside first and deleted after."""
-    if not root.exists():
-        os.replace(new, root)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-    os.replace(root, old / "previous")
-    os.replace(new, root)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _split_counts(labels: Sequence[KittiObjects], num_points: Sequence[int], with_labels: bool) -> dict[str, Any]:
     """Frames, mean points per frame and (for labelled splits) label counts per type, plus the cars that
     count at moderate difficulty."""
@@ -600,10 +588,7 @@ def generate(
     meta = read_meta(root)
     if meta is not None and all(meta.get(key) == value for key, value in expected.items()):
         return root
-    _check_replaceable(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    with atomic_folder(root, _check_replaceable) as staging:
         jobs = [("training", i, True) for i in range(num_train + num_val)]
         jobs += [("testing", i, False) for i in range(num_test)]
         folders = {"training": ("velodyne", "calib", "image_2", "label_2", "planes")}
@@ -638,11 +623,6 @@ def generate(
         }
         (staging / "meta.json").write_text(json.dumps(expected, indent=1) + "\n")
         (staging / "DONE").write_text("complete\n")
-        staging.chmod(0o755)
-        _replace_folder(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return root
 
 

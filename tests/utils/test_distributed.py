@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hrnas.engine import distributed as D
+from hrnas.utils import distributed as D
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ WORKER = textwrap.dedent(
     import json, sys
     import torch
     from torch import nn
-    from hrnas.engine import distributed as D
+    from hrnas.utils import distributed as D
     from hrnas.engine.bn_calibration import calibrate_bn
 
     info = D.init_distributed(device="cpu")

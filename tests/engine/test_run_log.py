@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from hrnas.engine.logging import RunLogger, progress
+from hrnas.engine.run_log import RunLogger
+from hrnas.utils.progress import progress
 
 
 def read_jsonl(path) -> list[dict]:

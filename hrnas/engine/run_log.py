@@ -1,4 +1,4 @@
-"""Run logging: a JSONL metrics file, TensorBoard scalars and tqdm progress bars (rank 0 only).
+"""Run logging: a JSONL metrics file, TensorBoard scalars (rank 0 only).
 
 ``metrics.jsonl`` in the run folder gets one JSON object per :meth:`RunLogger.log` call:
 ``{"step": int, "time": unix seconds, "elapsed": seconds since the logger started, <metrics>...}``, so a
@@ -14,17 +14,13 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
-from tqdm import tqdm
 
-__all__ = ["RunLogger", "progress"]
-
-T = TypeVar("T")
-
+__all__ = ["RunLogger"]
 
 def _plain_number(value: Any) -> Any:
     """Scalars as JSON numbers (0-d tensors and numpy scalars unwrapped; non-finite floats as strings)."""
@@ -130,19 +126,3 @@ class RunLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def progress(iterable_or_total: Iterable[T] | int, desc: str = "", enabled: bool = True,
-             **kwargs: Any) -> tqdm:
-    """A tqdm bar with rate and ETA over an iterable, or a bar of ``total`` steps updated by hand.
-
-    Args:
-        iterable_or_total: what to iterate, or an int total for a bar updated with ``bar.update(n)``.
-        desc: the bar's label.
-        enabled: show the bar; pass ``is_main()`` so other ranks stay silent (a disabled bar still
-            iterates).
-        kwargs: passed to ``tqdm`` (e.g. ``leave=False``, ``initial=`` when resuming).
-    """
-    if isinstance(iterable_or_total, int) and not isinstance(iterable_or_total, bool):
-        return tqdm(total=iterable_or_total, desc=desc, disable=not enabled, dynamic_ncols=True, **kwargs)
-    return tqdm(iterable_or_total, desc=desc, disable=not enabled, dynamic_ncols=True, **kwargs)
