@@ -39,14 +39,14 @@ from typing import Any
 
 import torch
 
-from hrnas.detection.anchors import KITTI_ANCHOR_CLASSES, AnchorConfig, generate_anchors
-from hrnas.detection.detector import build_detector
-from hrnas.detection.pillars import PillarConfig, PillarVFE, pillarize, scatter_to_bev
-from hrnas.detection.postprocess import PostProcessConfig, nms_benchmark_boxes, postprocess, rotated_nms
 from hrnas.space.cost import cost
-from hrnas.space.detector import bev_features
 from hrnas.space.pointpillars import PointPillarsSpec
 from hrnas.space.spec import NetSpec
+from hrnas.tasks.kitti.anchors import KITTI_ANCHOR_CLASSES, AnchorConfig, generate_anchors
+from hrnas.tasks.kitti.cost import bev_features
+from hrnas.tasks.kitti.detector import build_detector
+from hrnas.tasks.kitti.pillars import PillarConfig, PillarVFE, pillarize, scatter_to_bev
+from hrnas.tasks.kitti.postprocess import PostProcessConfig, nms_benchmark_boxes, postprocess, rotated_nms
 
 # HDL-64E-like scanner, mounted 1.73 m above a flat ground.
 SENSOR_HEIGHT = 1.73

@@ -41,7 +41,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 def cmd_cost(args: argparse.Namespace) -> int:
     from hrnas.space.cost import cost, format_macs
-    from hrnas.space.detector import detector_cost, is_detection_spec
+    from hrnas.tasks.kitti.cost import detector_cost, is_detection_spec
 
     spec = _load_spec(args.spec, transformer=not args.no_transformer)
     size = tuple(args.input_size)
@@ -230,7 +230,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.task == "kitti":
-        from hrnas.demo_kitti import run_kitti_demo
+        from hrnas.demos.kitti import run_kitti_demo
 
         out = Path(args.out or "runs/demo_kitti")
         run_kitti_demo(out, Path(args.data) if args.data else None, quick=args.quick, overrides=args.set or [])
@@ -243,7 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_kitti_eval(args: argparse.Namespace) -> int:
-    from hrnas.tasks.kitti_eval_cli import run
+    from hrnas.tasks.kitti.eval_cli import run
 
     return run(args)
 
@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("kitti-eval", help="official KITTI evaluation of result files against labels")
-    from hrnas.tasks.kitti_eval_cli import add_arguments
+    from hrnas.tasks.kitti.eval_cli import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_kitti_eval)

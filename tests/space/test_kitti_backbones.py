@@ -1,5 +1,6 @@
 """The KITTI backbones: pointpillars_bev reproduces OpenPCDet's BaseBEVBackbone and the published costs;
-hrnas_kitti_supernet maps the pseudo-image to the anchor grid; detector costs; spec validation and JSON."""
+hrnas_kitti_supernet maps the pseudo-image to the anchor grid; spec validation and JSON (the whole
+detector's cost is tested with the kitti task, tests/tasks/kitti/test_cost.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hrnas.cli import main
 from hrnas.space import build_model, cost
-from hrnas.space.detector import AnchorHeadSpec, PillarVFESpec, bev_features, detector_cost
 from hrnas.space.pointpillars import BEVBlockSpec, PointPillarsSpec
 from hrnas.space.spec import DenseHeadSpec, NetSpec, SpecError
 from hrnas.space.zoo import get_spec, load_spec_file, spec_from_dict
@@ -29,27 +29,7 @@ def _single_thread():
     torch.set_num_threads(threads)
 
 
-def _cli_json(capsys, *args: str) -> dict:
-    assert main(["cost", *args, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
-
-
 # --- published figures --------------------------------------------------------------------------------
-
-
-def test_cli_cost_of_pointpillars_reproduces_the_published_figures(capsys):
-    out = _cli_json(capsys, "pointpillars_bev", "--input-size", "496", "432")
-    groups = out["groups"]
-
-    def near(value: float, published: float) -> bool:
-        return abs(value / published - 1) <= 0.01
-
-    assert near(out["macs"], 34.17e9) and near(out["params"], 4.834e6)
-    assert near(groups["backbone"]["macs"], 32.69e9) and near(groups["backbone"]["params"], 4.806e6)
-    assert near(groups["head"]["macs"], 1.48e9) and near(groups["head"]["params"], 27.7e3)
-    assert groups["vfe"] == {"macs": 0, "params": 768}
-    assert out["macs"] == sum(g["macs"] for g in groups.values())
-    assert out["params"] == sum(g["params"] for g in groups.values())
 
 
 def test_per_block_costs_match_the_reference_breakdown():
@@ -73,53 +53,6 @@ def test_cost_equals_counter_at_the_full_grid(name):
     assert counter.get_total_flops() == 2 * c.macs
     assert sum(p.numel() for p in model.parameters()) == c.params
     assert tuple(out.shape) == (1, 384, 248, 216)
-    assert bev_features(spec, GRID) == (384, (248, 216))
-
-
-def test_kitti_supernet_is_cheaper_than_pointpillars_and_reports_the_same_parts(capsys):
-    pp = _cli_json(capsys, "pointpillars_bev", "--input-size", "496", "432")
-    hr = _cli_json(capsys, "hrnas_kitti_supernet", "--input-size", "496", "432")
-    assert set(hr["groups"]) == {"vfe", "backbone", "head"}
-    assert hr["groups"]["head"] == pp["groups"]["head"] and hr["groups"]["vfe"] == pp["groups"]["vfe"]
-    assert 0.6 * pp["groups"]["backbone"]["macs"] < hr["groups"]["backbone"]["macs"] < pp["groups"]["backbone"]["macs"]
-
-
-# --- detector parts against torch modules ---------------------------------------------------------------
-
-
-def test_anchor_head_and_vfe_costs_equal_their_modules():
-    head = AnchorHeadSpec()
-    assert head.conv_channels() == {"cls": 18, "box": 42, "dir": 12}
-    convs = nn.ModuleList(nn.Conv2d(384, k, 1, bias=True) for k in head.conv_channels().values())
-    x = torch.randn(1, 384, 6, 5)
-    with FlopCounterMode(display=False) as counter:
-        for conv in convs:
-            conv(x)
-    items = head.cost_items((6, 5))
-    assert counter.get_total_flops() == 2 * sum(i.macs for i in items)
-    assert sum(p.numel() for p in convs.parameters()) == sum(i.params for i in items) == 27_720
-
-    vfe = PillarVFESpec()
-    linear, norm = nn.Linear(10, 64, bias=False), nn.BatchNorm1d(64, eps=1e-3, momentum=0.01)
-    points = torch.randn(7, 32, 10)  # (pillars, slots, features)
-    with FlopCounterMode(display=False) as counter:
-        norm(linear(points).permute(0, 2, 1))
-    assert counter.get_total_flops() == 2 * vfe.macs(7)
-    assert sum(p.numel() for p in [*linear.parameters(), *norm.parameters()]) == vfe.params == 768
-
-
-def test_detector_cost_options_and_mismatches():
-    spec = get_spec("pointpillars_bev")
-    base = detector_cost(spec, GRID)
-    with_pillars = detector_cost(spec, GRID, num_pillars=16000)
-    assert with_pillars.macs - base.macs == 16000 * 32 * 10 * 64
-    assert with_pillars.params == base.params
-    with pytest.raises(SpecError, match="anchor head in_channels: 256"):
-        detector_cost(spec, GRID, head=AnchorHeadSpec(in_channels=256))
-    with pytest.raises(SpecError, match="PillarVFE out_channels: 32"):
-        detector_cost(spec, GRID, vfe=PillarVFESpec(out_channels=32))
-    with pytest.raises(SpecError, match="not a detection head"):
-        detector_cost(get_spec("test_seg"), (32, 32))
 
 
 # --- pointpillars_bev is OpenPCDet's BaseBEVBackbone ---------------------------------------------------
