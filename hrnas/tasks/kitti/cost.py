@@ -66,11 +66,18 @@ class AnchorHeadSpec:
         return out
 
     def cost_items(self, feature_size: HW, prefix: str = "head") -> tuple[CostItem, ...]:
-        """(MACs, params) of each conv on an (H, W) feature map, as ``{prefix}.cls|box|dir`` items (the
-        items of :func:`hrnas.tasks.kitti.head.anchor_head_cost`)."""
+        """(MACs, params) of each conv on an (H, W) feature map, as ``{prefix}.cls|box|dir`` items: a 1×1
+        conv with ``C_out`` outputs costs ``C_in·C_out·H·W`` MACs and ``C_in·C_out + C_out`` params (what
+        ``FlopCounterMode`` counts, halved; bias additions are not MACs)."""
         area = feature_size[0] * feature_size[1]
         c = self.in_channels
         return tuple(CostItem(f"{prefix}.{name}", c * k * area, c * k + k) for name, k in self.conv_channels().items())
+
+    def cost(self, feature_size: HW) -> Cost:
+        """Exact MACs and parameters of the head on an ``(H, W)`` feature map, batch 1, with the items of
+        :meth:`cost_items`. The stock head at 384 channels on 248×216: 1,481,048,064 MACs, 27,720 params."""
+        items = self.cost_items(feature_size)
+        return Cost(sum(i.macs for i in items), sum(i.params for i in items), items)
 
 
 def is_detection_spec(spec: object) -> bool:

@@ -3,6 +3,7 @@
 Three 1×1 convolutions with bias on the backbone's stride-2 BEV map: class logits (``A·K`` channels for
 ``A`` anchors per location and ``K`` classes), box residuals (``A·7``) and direction logits (``A·bins``).
 Outputs are laid out per anchor in the order of :func:`hrnas.tasks.kitti.anchors.generate_anchors` flattened.
+Its exact cost is :class:`hrnas.tasks.kitti.cost.AnchorHeadSpec` with the same arguments.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from hrnas.space.cost import Cost, CostItem
-
-__all__ = ["AnchorHead", "HeadOutput", "anchor_head_cost"]
+__all__ = ["AnchorHead", "HeadOutput"]
 
 
 class HeadOutput(NamedTuple):
@@ -83,26 +82,3 @@ class AnchorHead(nn.Module):
         box = self._per_anchor(self.conv_box(x), self.code_size)
         dirs = self._per_anchor(self.conv_dir(x), self.num_dir_bins) if self.conv_dir is not None else None
         return HeadOutput(cls, box, dirs)
-
-
-def anchor_head_cost(
-    in_channels: int,
-    feature_size: tuple[int, int],
-    num_anchors_per_location: int = 6,
-    num_classes: int = 3,
-    num_dir_bins: int = 2,
-    code_size: int = 7,
-) -> Cost:
-    """Exact MACs and parameters of :class:`AnchorHead` on a ``feature_size = (H, W)`` map, batch 1.
-
-    Each 1×1 conv with ``C_out`` outputs costs ``C_in·C_out·H·W`` MACs and ``C_in·C_out + C_out`` params
-    (what ``FlopCounterMode`` counts, halved; bias additions are not MACs). Items are ``head.cls``,
-    ``head.box`` and ``head.dir``. At 384 channels on 248×216: 1,481,048,064 MACs, 27,720 params.
-    """
-    h, w = feature_size
-    a = num_anchors_per_location
-    items = []
-    for name, c_out in (("cls", a * num_classes), ("box", a * code_size), ("dir", a * num_dir_bins)):
-        if c_out:
-            items.append(CostItem(f"head.{name}", in_channels * c_out * h * w, in_channels * c_out + c_out))
-    return Cost(sum(i.macs for i in items), sum(i.params for i in items), tuple(items))

@@ -22,7 +22,7 @@ Box conventions:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -252,6 +252,31 @@ def _lidar_bev(boxes: np.ndarray) -> np.ndarray:
     return boxes[:, [0, 1, 3, 4, 6]]
 
 
+class _Solids(NamedTuple):
+    """3D boxes of either frame as what their overlap needs: BEV rectangles ``(N, 5)``, the vertical span
+    ``[low, high]`` and the volume ``(N,)``, and the boxes themselves (coincident boxes give exactly 1)."""
+
+    bev: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    volume: np.ndarray
+    boxes: np.ndarray
+
+
+def _camera_solids(boxes: np.ndarray, what: str) -> _Solids:
+    """Camera boxes ``[x, y, z, l, h, w, ry]`` (bottom centre, y down): span ``[y - h, y]``."""
+    b = _as_boxes(boxes, 7, what)
+    _check_sizes(b[:, 3:6], what)
+    return _Solids(_camera_bev(b), b[:, 1] - b[:, 4], b[:, 1], b[:, 3] * b[:, 4] * b[:, 5], b)
+
+
+def _lidar_solids(boxes: np.ndarray, what: str) -> _Solids:
+    """LiDAR boxes ``[x, y, z, dx, dy, dz, heading]`` (geometric centre, z up): span ``z ± dz/2``."""
+    b = _as_boxes(boxes, 7, what)
+    _check_sizes(b[:, 3:6], what)
+    return _Solids(_lidar_bev(b), b[:, 2] - b[:, 5] / 2, b[:, 2] + b[:, 5] / 2, b[:, 3] * b[:, 4] * b[:, 5], b)
+
+
 def bev_iou_camera(boxes_a: np.ndarray, boxes_b: np.ndarray, criterion: Criterion = "union") -> np.ndarray:
     """BEV overlap matrix ``(N, M)`` of camera boxes ``[x, y, z, l, h, w, ry]`` (official KITTI BEV:
     rectangles ``(x, z, l, w, ry)`` in the camera x-z plane)."""
@@ -291,6 +316,26 @@ def _volume_ratio(
     return _ratio(inter, vol_a, vol_b, criterion)
 
 
+def _iou3d_pairs(a: _Solids, b: _Solids, criterion: Criterion) -> np.ndarray:
+    """3D overlap ``(N,)`` of solid pairs: BEV intersection x vertical overlap."""
+    bev = rotated_intersection_pairs(a.bev, b.bev)
+    out = _volume_ratio(bev, a.low, a.high, b.low, b.high, a.volume, b.volume, criterion)
+    if criterion == "union":
+        out[np.all(a.boxes == b.boxes, axis=1) & (a.volume > 0)] = 1.0
+    return out
+
+
+def _iou3d(a: _Solids, b: _Solids, criterion: Criterion) -> np.ndarray:
+    """3D overlap matrix ``(N, M)`` of solids: BEV intersection x vertical overlap."""
+    bev = _rotated_intersection_matrix(a.bev, b.bev)
+    vol_a, vol_b = a.volume[:, None], b.volume[None, :]
+    out = _volume_ratio(bev, a.low[:, None], a.high[:, None], b.low[None, :], b.high[None, :], vol_a, vol_b, criterion)
+    if criterion == "union":
+        same = np.all(a.boxes[:, None, :] == b.boxes[None, :, :], axis=2) & (vol_a > 0)
+        out[same] = 1.0
+    return out
+
+
 def iou3d_camera_pairs(boxes_a: np.ndarray, boxes_b: np.ndarray, criterion: Criterion = "union") -> np.ndarray:
     """3D overlap ``(N,)`` of camera box pairs ``[x, y, z, l, h, w, ry]`` (bottom centre, y down).
 
@@ -298,68 +343,18 @@ def iou3d_camera_pairs(boxes_a: np.ndarray, boxes_b: np.ndarray, criterion: Crit
     ``min(y_a, y_b) - max(y_a - h_a, y_b - h_b)`` (0 if negative), over ``V_a + V_b - inter`` with
     ``V = l h w``. Coincident non-empty boxes give exactly 1.
     """
-    a = _as_boxes(boxes_a, 7, "boxes_a")
-    b = _as_boxes(boxes_b, 7, "boxes_b")
-    _check_sizes(a[:, 3:6], "boxes_a")
-    _check_sizes(b[:, 3:6], "boxes_b")
-    bev = rotated_intersection_pairs(_camera_bev(a), _camera_bev(b))
-    vol_a = a[:, 3] * a[:, 4] * a[:, 5]
-    vol_b = b[:, 3] * b[:, 4] * b[:, 5]
-    out = _volume_ratio(bev, a[:, 1] - a[:, 4], a[:, 1], b[:, 1] - b[:, 4], b[:, 1], vol_a, vol_b, criterion)
-    if criterion == "union":
-        out[np.all(a == b, axis=1) & (vol_a > 0)] = 1.0
-    return out
+    return _iou3d_pairs(_camera_solids(boxes_a, "boxes_a"), _camera_solids(boxes_b, "boxes_b"), criterion)
 
 
 def iou3d_camera(boxes_a: np.ndarray, boxes_b: np.ndarray, criterion: Criterion = "union") -> np.ndarray:
     """3D overlap matrix ``(N, M)`` of camera boxes (see :func:`iou3d_camera_pairs`)."""
-    a = _as_boxes(boxes_a, 7, "boxes_a")
-    b = _as_boxes(boxes_b, 7, "boxes_b")
-    _check_sizes(a[:, 3:6], "boxes_a")
-    _check_sizes(b[:, 3:6], "boxes_b")
-    bev = _rotated_intersection_matrix(_camera_bev(a), _camera_bev(b))
-    vol_a = (a[:, 3] * a[:, 4] * a[:, 5])[:, None]
-    vol_b = (b[:, 3] * b[:, 4] * b[:, 5])[None, :]
-    out = _volume_ratio(
-        bev,
-        (a[:, 1] - a[:, 4])[:, None],
-        a[:, 1:2],
-        (b[:, 1] - b[:, 4])[None, :],
-        b[None, :, 1],
-        vol_a,
-        vol_b,
-        criterion,
-    )
-    if criterion == "union":
-        same = np.all(a[:, None, :] == b[None, :, :], axis=2) & (vol_a > 0)
-        out[same] = 1.0
-    return out
+    return _iou3d(_camera_solids(boxes_a, "boxes_a"), _camera_solids(boxes_b, "boxes_b"), criterion)
 
 
 def iou3d_lidar(boxes_a: np.ndarray, boxes_b: np.ndarray, criterion: Criterion = "union") -> np.ndarray:
     """3D overlap matrix ``(N, M)`` of LiDAR boxes ``[x, y, z, dx, dy, dz, heading]`` (geometric centre,
     z up): BEV intersection x overlap of ``[z - dz/2, z + dz/2]``."""
-    a = _as_boxes(boxes_a, 7, "boxes_a")
-    b = _as_boxes(boxes_b, 7, "boxes_b")
-    _check_sizes(a[:, 3:6], "boxes_a")
-    _check_sizes(b[:, 3:6], "boxes_b")
-    bev = _rotated_intersection_matrix(_lidar_bev(a), _lidar_bev(b))
-    vol_a = (a[:, 3] * a[:, 4] * a[:, 5])[:, None]
-    vol_b = (b[:, 3] * b[:, 4] * b[:, 5])[None, :]
-    out = _volume_ratio(
-        bev,
-        (a[:, 2] - a[:, 5] / 2)[:, None],
-        (a[:, 2] + a[:, 5] / 2)[:, None],
-        (b[:, 2] - b[:, 5] / 2)[None, :],
-        (b[:, 2] + b[:, 5] / 2)[None, :],
-        vol_a,
-        vol_b,
-        criterion,
-    )
-    if criterion == "union":
-        same = np.all(a[:, None, :] == b[None, :, :], axis=2) & (vol_a > 0)
-        out[same] = 1.0
-    return out
+    return _iou3d(_lidar_solids(boxes_a, "boxes_a"), _lidar_solids(boxes_b, "boxes_b"), criterion)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hrnas.tasks.kitti.anchors import AnchorConfig, generate_anchors
-from hrnas.tasks.kitti.head import AnchorHead, anchor_head_cost
+from hrnas.tasks.kitti.cost import AnchorHeadSpec
+from hrnas.tasks.kitti.head import AnchorHead
 
 
 def test_kitti_head_cost_figures() -> None:
-    cost = anchor_head_cost(384, (248, 216))
+    cost = AnchorHeadSpec(384).cost((248, 216))
     assert cost.macs == 384 * (18 + 42 + 12) * 248 * 216 == 1_481_048_064
     assert cost.params == 27_720
     assert cost.params == sum(p.numel() for p in AnchorHead(384).parameters())
@@ -26,7 +27,7 @@ def test_cost_matches_flop_counter(dir_bins: int) -> None:
     x = torch.randn(1, 16, 9, 7)
     with FlopCounterMode(display=False) as counter:
         head(x)
-    cost = anchor_head_cost(16, (9, 7), num_dir_bins=dir_bins)
+    cost = AnchorHeadSpec(16, num_dir_bins=dir_bins).cost((9, 7))
     assert counter.get_total_flops() == 2 * cost.macs
     assert cost.params == sum(p.numel() for p in head.parameters())
 
