@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from hrnas.tasks.kitti.formats import (
 )
 from hrnas.tasks.kitti.iou import bev_iou_lidar
 from hrnas.tasks.kitti.layout import FrameFiles, list_frames
+from hrnas.utils.atomic import atomic_path
 
 __all__ = [
     "POINT_IN_BOX_MARGIN",
@@ -197,31 +197,24 @@ class GtDatabase:
         return self.points[self.offsets[index] : self.offsets[index + 1]]
 
     def save(self, path: str | Path) -> None:
-        """Write the database to ``path`` atomically (temporary file in the same folder, then
-        ``os.replace``), so a crash never leaves a partial file under the final name."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    version=np.int64(_DB_VERSION),
-                    fingerprint=np.str_(self.fingerprint),
-                    frame_ids=self.frame_ids.astype(np.str_),
-                    names=self.names.astype(np.str_),
-                    boxes=self.boxes,
-                    num_points=self.num_points,
-                    difficulty=self.difficulty,
-                    offsets=self.offsets,
-                    points=self.points,
-                )
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the database to ``path`` atomically (:func:`hrnas.utils.atomic.atomic_path`: a temporary
+        file in the same folder, synced, then renamed), so a crash never leaves a partial file under the
+        final name."""
+        with atomic_path(path) as tmp, open(tmp, "xb") as f:
+            np.savez(
+                f,
+                version=np.int64(_DB_VERSION),
+                fingerprint=np.str_(self.fingerprint),
+                frame_ids=self.frame_ids.astype(np.str_),
+                names=self.names.astype(np.str_),
+                boxes=self.boxes,
+                num_points=self.num_points,
+                difficulty=self.difficulty,
+                offsets=self.offsets,
+                points=self.points,
+            )
+            f.flush()
+            os.fsync(f.fileno())
 
     @classmethod
     def load(cls, path: str | Path) -> GtDatabase:

@@ -212,7 +212,6 @@ class KittiTask(Task):
         against the pillar grid; a NetSpec must have a ``detection`` head."""
         from dataclasses import replace
 
-
         ref = spec_ref if spec_ref is not None else self.cfg.model.spec
         m = self.cfg.model
         spec = resolve_spec(ref, transformer=m.transformer)
@@ -389,6 +388,7 @@ class KittiTask(Task):
         import cv2
 
         from hrnas.tasks.kitti.vis import draw_bev, draw_camera
+        from hrnas.utils.atomic import atomic_path, atomic_write_bytes
         from hrnas.utils.progress import progress as bar
 
         out_dir = Path(out_dir)
@@ -407,9 +407,8 @@ class KittiTask(Task):
             objects = self.to_kitti(det, sample["calib"], sample["image_shape"])
             names = [str(n) for n in objects.name]
             result = out_dir / f"{frame_id}.txt"
-            tmp = result.with_name(f".{result.name}.tmp")
-            write_label(tmp, objects)
-            tmp.replace(result)
+            with atomic_path(result) as tmp:
+                write_label(tmp, objects)
             gt = sample["gt_boxes"].numpy() if sample["annos"] is not None else None
             bev = draw_bev(sample["points"].numpy(), rng, gt, det.boxes.numpy(), names, det.scores.tolist())
             image_path = dataset.frame_files[index].image
@@ -419,9 +418,10 @@ class KittiTask(Task):
             camera = draw_camera(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), sample["calib"], gt, det.boxes.numpy(), names)
             for suffix, picture in (("bev", bev), ("image", camera)):
                 path = out_dir / f"{frame_id}_{suffix}.png"
-                tmp_png = path.with_name(f".{path.stem}.tmp.png")
-                cv2.imwrite(str(tmp_png), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-                tmp_png.replace(path)
+                ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+                if not ok:
+                    raise TaskError(f"predict: could not encode {path.name}")
+                atomic_write_bytes(path, png.tobytes())
                 written.append(path)
             written.append(result)
         return written
