@@ -9,7 +9,8 @@ BatchNorm maps the ``n`` token maps to the output channels, and the result is re
 output size. The γ of the projector's BatchNorm are the importance factors of the queries (§4.1).
 
 Attention is written with explicit matrix products (single head, no bias) so that the analytic cost
-(:func:`hrnas.space.cost.transformer_macs`) equals what ``FlopCounterMode`` counts.
+(:func:`hrnas.space.cost.transformer_macs`) equals what ``FlopCounterMode`` counts, with or without
+autograd (``torch.no_grad``, ``torch.inference_mode``).
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ class LightTransformer(nn.Module):
         batch = x.shape[0]
         tokens = self.tokens(x).flatten(2)  # (B, n, g·g)
         memory = self.encoder(tokens)
-        queries = self.query_embed.unsqueeze(0).expand(batch, -1, -1)
+        # a copy per image, not an expanded view: a view of a parameter as a module's input breaks torch's
+        # module tracker (FlopCounterMode) under no_grad / inference_mode
+        queries = self.query_embed.unsqueeze(0).repeat(batch, 1, 1)
         decoded = self.decoder(queries, memory)
         maps = decoded.reshape(batch, self.num_queries, self.grid, self.grid)
         out = self.reverse_norm(self.reverse(maps))
