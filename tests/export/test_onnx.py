@@ -201,3 +201,42 @@ def test_check_inputs_of_the_wrong_shape_are_named(tmp_path: Path, inputs, dynam
             model, tmp_path / "m.onnx", input_size=(32, 32), dynamo=False, dynamic_batch=dynamic, check_inputs=inputs
         )
     assert not list(tmp_path.iterdir())
+
+
+class TwoInputs(nn.Module):
+    """Two inputs sharing a symbolic first axis, two outputs (a detector's pillar-network shape of call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, features: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.linear(features) * weights[:, None]
+        return y.sum(0, keepdim=True), y.amax(1)
+
+
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_export_checked_any_module_with_shared_dynamic_axis(tmp_path: Path, dynamo: bool) -> None:
+    from hrnas.export.onnx import Dim, export_checked
+
+    torch.manual_seed(0)
+    module = TwoInputs().eval()
+    example = (torch.randn(5, 4), torch.rand(5))
+    other = (torch.randn(9, 4), torch.rand(9))
+    axis = {0: Dim("rows", min=2)}
+    report = export_checked(
+        module,
+        example,
+        tmp_path / "two.onnx",
+        input_names=["features", "weights"],
+        output_names=["total", "largest"],
+        dynamic_axes={"features": axis, "weights": axis, "largest": axis},
+        check_inputs=[example, other],
+        dynamo=dynamo,
+    )
+    assert report.output_names == ("total", "largest") and report.output_shapes == ((1, 3), (5,))
+    assert report.max_abs_diff is not None and report.max_abs_diff < 1e-5
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    total, largest = session.run(None, {"features": other[0].numpy(), "weights": other[1].numpy()})
+    assert total.shape == (1, 3) and largest.shape == (9,)
+    assert [p.name for p in tmp_path.iterdir()] == ["two.onnx"]
