@@ -1,4 +1,5 @@
-"""Learning-rate schedules and the search penalty's ρ schedule (HR-NAS spec §4.4, §5).
+"""Learning-rate schedules (HR-NAS spec §5). The search penalty's ρ schedule belongs to the search
+(:func:`hrnas.search.schedule.rho_at`).
 
 :func:`build_scheduler` returns stock ``torch.optim.lr_scheduler`` objects — ``OneCycleLR`` for
 ``onecycle``, ``LambdaLR`` over :func:`lr_factor` for everything else — so their ``state_dict`` is the
@@ -28,7 +29,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from hrnas.engine.config import ScheduleConfig
 
-__all__ = ["build_scheduler", "lr_factor", "rho_at"]
+__all__ = ["build_scheduler", "lr_factor"]
 
 
 def lr_factor(step: int, cfg: ScheduleConfig, total_steps: int) -> float:
@@ -90,18 +91,3 @@ def build_scheduler(optimizer: Optimizer, cfg_schedule: ScheduleConfig, total_st
     lr_factor(0, cfg, total_steps)  # validate the name and parameters eagerly
     return LambdaLR(optimizer, lr_lambda=functools.partial(lr_factor, cfg=cfg, total_steps=total_steps))
 
-
-def rho_at(step: int, rho: float, free_steps: int, warmup_steps: int) -> float:
-    """The weight ρ(t) of the FLOPs-weighted L1 penalty at optimizer step ``step`` (spec §4.4).
-
-    ``0`` for ``t < free_steps``; ``rho·(t − free_steps)/(warmup_steps − free_steps)`` for
-    ``free_steps ≤ t < warmup_steps``; ``rho`` afterwards. ``warmup_steps`` is the absolute step at which
-    ρ reaches its full value (``warmup_steps == free_steps`` jumps straight to ``rho``).
-    """
-    if warmup_steps < free_steps:
-        raise ValueError(f"rho warmup_steps={warmup_steps} is before free_steps={free_steps}")
-    if step < free_steps:
-        return 0.0
-    if step < warmup_steps:
-        return rho * (step - free_steps) / (warmup_steps - free_steps)
-    return float(rho)

@@ -34,16 +34,17 @@ from hrnas.engine.checkpoint import (
 )
 from hrnas.engine.config import RunConfig, config_to_dict, save_config
 from hrnas.engine.data import eval_loader, train_batches
-from hrnas.engine.ema import ModelEma
 from hrnas.engine.optim import build_optimizer, l2_penalty
 from hrnas.engine.run_log import RunLogger
 from hrnas.engine.schedules import build_scheduler
+from hrnas.search.units import importance_factors
 from hrnas.space.cost import cost, format_macs
 from hrnas.space.network import build_model
 from hrnas.space.spec import NetSpec
 from hrnas.space.zoo import spec_from_dict
 from hrnas.tasks.base import Task, get_task
 from hrnas.utils.distributed import DistInfo, barrier, broadcast_object, init_distributed, unwrap_model
+from hrnas.utils.ema import ModelEma
 from hrnas.utils.progress import progress
 
 
@@ -159,7 +160,7 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model,
             cfg.optim,
-            *((_importance_factors(self.model), cfg.search.factor_lr_mult) if cfg.search.enabled else ()),
+            *((importance_factors(self.model, spec), cfg.search.factor_lr_mult) if cfg.search.enabled else ()),
         )
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.train.steps)
         self.ema = ModelEma(self.model, decay=cfg.train.ema_decay, global_batch=self.global_batch)
@@ -440,20 +441,6 @@ class Trainer:
             title=f"searched for {self.cfg.task.name}",
             input_size=tuple(self.cfg.penalty_input_size),
         )
-
-
-def _importance_factors(model: nn.Module) -> list[torch.Tensor]:
-    """The γ of every depthwise BN and every transformer query BN (spec §4.1)."""
-    from hrnas.space.layers import SearchBlock
-
-    out = []
-    for module in model.modules():
-        if isinstance(module, SearchBlock):
-            if module.spec.total_hidden > 0:
-                out.append(module.dw_bn.weight)
-            if module.transformer is not None:
-                out.append(module.transformer.input_norm.weight)
-    return out
 
 
 def _load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

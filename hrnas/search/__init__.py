@@ -1,5 +1,6 @@
 """The search algorithm (HR-NAS spec §4): searchable units, the resource-aware L1 penalty, progressive
-shrinking with optimizer/EMA remapping, MAC budgets, and the controller a training loop drives.
+shrinking with optimizer/EMA remapping, MAC budgets, and the controller a training loop drives. The
+search imports only :mod:`hrnas.space` and :mod:`hrnas.utils`.
 
 The shrink function itself is ``hrnas.search.shrink.shrink`` (not re-exported here, so that
 ``hrnas.search.shrink`` stays the module).
@@ -8,6 +9,7 @@ The shrink function itself is ``hrnas.search.shrink.shrink`` (not re-exported he
 from hrnas.search.budget import BudgetError, RhoController, min_reachable_macs, prune_to_budget
 from hrnas.search.controller import SearchController, ShrinkResult, architecture_record
 from hrnas.search.penalty import ResourcePenalty, mean_unit_macs
+from hrnas.search.schedule import rho_at
 from hrnas.search.shrink import (
     BlockKeep,
     IndexMap,
@@ -20,7 +22,15 @@ from hrnas.search.shrink import (
     rebind_scheduler,
     remap_optimizer,
 )
-from hrnas.search.units import BlockFactors, BlockUnits, KernelGroup, collect_units, read_factors, search_blocks
+from hrnas.search.units import (
+    BlockFactors,
+    BlockUnits,
+    KernelGroup,
+    collect_units,
+    importance_factors,
+    read_factors,
+    search_blocks,
+)
 
 __all__ = [
     "BlockFactors",
@@ -37,6 +47,7 @@ __all__ = [
     "alive_masks",
     "architecture_record",
     "collect_units",
+    "importance_factors",
     "keep_all",
     "keep_from_lists",
     "keep_to_lists",
@@ -47,5 +58,6 @@ __all__ = [
     "read_factors",
     "rebind_scheduler",
     "remap_optimizer",
+    "rho_at",
     "search_blocks",
 ]

@@ -11,9 +11,10 @@ A loop using :class:`SearchController` looks like::
             spec, model, optimizer = res.spec, res.model, res.optimizer  # re-wrap DDP, rebind the scheduler
 
 It is independent of the task: it only reads the search blocks of an :class:`~hrnas.space.network.HRNet`
-built from the spec. In a distributed run every rank holds the same γ, so every decision below is the
-same on every rank; pass ``sync=broadcast_object`` to :meth:`SearchController.shrink_now` to make rank 0's
-keep decision authoritative anyway.
+built from the spec. The EMA is any object with a ``module`` (the averaged network) and
+``replace_module(new)``, such as :class:`hrnas.utils.ema.ModelEma`. In a distributed run every rank holds
+the same γ, so every decision below is the same on every rank; pass ``sync=broadcast_object`` to
+:meth:`SearchController.shrink_now` to make rank 0's keep decision authoritative anyway.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from hrnas.engine.schedules import rho_at
 from hrnas.search.budget import BudgetError, RhoController, min_reachable_macs, prune_to_budget
 from hrnas.search.penalty import ResourcePenalty
+from hrnas.search.schedule import rho_at
 from hrnas.search.shrink import (
     MODES,
     Keep,
@@ -43,7 +44,7 @@ from hrnas.space.cost import cost
 from hrnas.space.spec import NetSpec
 
 if TYPE_CHECKING:
-    from hrnas.engine.ema import ModelEma
+    from hrnas.utils.ema import ModelEma
 
 __all__ = ["SearchController", "ShrinkResult", "architecture_record"]
 
@@ -84,7 +85,7 @@ class SearchController:
         input_size: (H, W), the penalty input size at which unit costs, savings and the target are measured.
         threshold: a unit is dead when |γ| ≤ threshold.
         rho: full weight ρ of the penalty (the starting value when ``target_macs`` is set).
-        rho_free_steps, rho_warmup_steps: the ρ(t) ramp of :func:`hrnas.engine.schedules.rho_at`.
+        rho_free_steps, rho_warmup_steps: the ρ(t) ramp of :func:`hrnas.search.schedule.rho_at`.
         shrink_every: :meth:`should_shrink` is True every this many steps (0 = never; the loop then decides).
         min_saving_macs: a non-final shrink happens only when it saves at least this many MACs.
         target_macs: the MAC budget at ``input_size`` or None. When set, ρ is adapted by a

@@ -35,6 +35,7 @@ __all__ = [
     "KernelGroup",
     "as_hrnet",
     "collect_units",
+    "importance_factors",
     "iter_factor_modules",
     "read_factors",
     "search_blocks",
@@ -173,6 +174,17 @@ def iter_factor_modules(
         dw_bn = module.dw_bn if module.spec.total_hidden > 0 else None
         q_bn = module.transformer.input_norm if module.transformer is not None else None
         yield path, dw_bn, q_bn
+
+
+def importance_factors(model: nn.Module, spec: NetSpec) -> list[nn.Parameter]:
+    """The γ parameters of every ``dw_bn`` and every ``transformer.input_norm`` of ``model`` (built from
+    ``spec``), block by block in spec order, ``dw_bn`` first (e.g. for their own optimizer group)."""
+    return [
+        bn.weight
+        for _, dw_bn, q_bn in iter_factor_modules(search_blocks(model, spec))
+        for bn in (dw_bn, q_bn)
+        if bn is not None
+    ]
 
 
 @torch.no_grad()

@@ -1,5 +1,8 @@
 """Exponential moving average of a model's weights and BN statistics (HR-NAS spec §4.6).
 
+A generic utility: the training loop owns and updates the average; a search replaces its shadow after
+a shrink (:meth:`ModelEma.replace_module`).
+
 The shadow is a full module copy (``copy.deepcopy``) kept in eval mode without gradients, so it can be
 validated, BN-calibrated and exported like any model. After each optimizer step :meth:`ModelEma.update`
 moves every floating-point parameter and buffer (BN running mean/var included) towards the model:

@@ -1,4 +1,4 @@
-"""LR schedules (exact values at key steps, standard state dicts) and the ρ schedule."""
+"""LR schedules (exact values at key steps, standard state dicts)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
 from hrnas.engine.checkpoint import load_checkpoint, save_checkpoint
 from hrnas.engine.config import ScheduleConfig
-from hrnas.engine.schedules import build_scheduler, lr_factor, rho_at
+from hrnas.engine.schedules import build_scheduler, lr_factor
 
 
 def lrs(cfg: ScheduleConfig, total: int, lr: float = 1.0, optimizer: str = "sgd") -> list[float]:
@@ -133,13 +133,3 @@ def test_bad_arguments():
         build_scheduler(opt, ScheduleConfig(name="onecycle", warmup_steps=3), 10)
     with pytest.raises(ValueError, match="decay_every"):
         build_scheduler(opt, ScheduleConfig(name="exp_staircase"), 10)
-
-
-def test_rho_schedule():
-    assert [rho_at(t, 1.0, 2, 6) for t in range(8)] == pytest.approx([0, 0, 0, 0.25, 0.5, 0.75, 1, 1])
-    assert rho_at(0, 1.4e-4, 0, 0) == 1.4e-4  # no ramp
-    assert rho_at(5, 2.0, 5, 5) == 2.0
-    assert rho_at(4, 2.0, 5, 5) == 0.0
-    assert rho_at(1162, 1.4e-4, 0, 2325) == pytest.approx(1.4e-4 * 1162 / 2325)
-    with pytest.raises(ValueError):
-        rho_at(0, 1.0, 5, 2)

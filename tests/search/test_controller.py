@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from hrnas.engine.ema import ModelEma
 from hrnas.engine.optim import param_groups
 from hrnas.search.budget import BudgetError, min_reachable_macs
 from hrnas.search.controller import SearchController
 from hrnas.search.shrink import keep_from_lists
 from hrnas.space.cost import cost
 from hrnas.space.network import block_modules
+from hrnas.utils.ema import ModelEma
 
 SIZE = (32, 32)
 

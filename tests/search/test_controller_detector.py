@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from hrnas.engine.ema import ModelEma
 from hrnas.search.controller import SearchController
 from hrnas.space.network import block_modules
 from hrnas.space.zoo import get_spec
 from hrnas.tasks.kitti.anchors import KITTI_ANCHOR_CLASSES, AnchorConfig
 from hrnas.tasks.kitti.detector import PointPillarsDetector, build_detector
 from hrnas.tasks.kitti.pillars import PillarConfig, pillarize_batch
+from hrnas.utils.ema import ModelEma
 
 RANGE = (0.0, -5.12, -3.0, 10.24, 5.12, 1.0)  # 32×32 pillars of 0.32 m
 

@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hrnas.engine.ema import ModelEma
 from hrnas.search.controller import SearchController
 from hrnas.search.shrink import rebind_scheduler
 from hrnas.space.cost import cost
 from hrnas.space.network import build_model
 from hrnas.space.zoo import get_spec
+from hrnas.utils.ema import ModelEma
 
 GOLDEN = Path(__file__).with_name("golden")
 SIZE = (64, 64)

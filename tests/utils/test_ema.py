@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hrnas.engine.ema import ModelEma, paper_decay
+from hrnas.utils.ema import ModelEma, paper_decay
 
 
 def small_net() -> nn.Module:
