@@ -34,10 +34,10 @@ FULL_GRID = (496, 432)
 # gets about 2.4 positive anchors, against 1.5 at the preset's 0.32 m and 5 at KITTI's 0.16 m, which is
 # what a few hundred steps need. No global rotation: it halves the AP reached in such a short schedule.
 DEMO_KITTI_DATA = [
-    "detection.voxel_size=[0.24, 0.24, 4.0]",
-    "detection.point_cloud_range=[0.0, -23.04, -3.0, 46.08, 23.04, 1.0]",
+    "task.voxel_size=[0.24, 0.24, 4.0]",
+    "task.point_cloud_range=[0.0, -23.04, -3.0, 46.08, 23.04, 1.0]",
     "data.crop_size=[192, 192]",
-    "detection.rotation=0.0",
+    "task.rotation=0.0",
     "schedule.onecycle_pct_start=0.2",
 ]
 DEMO_KITTI_SEARCH = [
@@ -63,7 +63,7 @@ QUICK_KITTI = [
     "data.batch_size=2",
     "data.eval_batch_size=2",
     "data.crop_size=[96, 96]",
-    "detection.point_cloud_range=[0.0, -11.52, -3.0, 23.04, 11.52, 1.0]",
+    "task.point_cloud_range=[0.0, -11.52, -3.0, 23.04, 11.52, 1.0]",
     "search.target_macs=50M",
 ]
 QUICK_FRAMES = (4, 2)
@@ -112,7 +112,7 @@ def run_kitti_demo(
     ``out_dir/report.json``. ``data_root`` defaults to ``data/kitti_sim_demo`` (``data/kitti_sim_quick``
     with ``quick``, so the smoke run never replaces the demo set). ``quick`` runs a few steps on a handful
     of frames (a smoke test); ``overrides`` are ``KEY=VALUE`` config overrides applied to both search and retrain."""
-    from hrnas.demo import search_and_retrain
+    from hrnas.demos.common import search_and_retrain
     from hrnas.demos.lidar.simulator import FAST_SCANNER, generate, read_meta
     from hrnas.engine.trainer import load_model_from_checkpoint
     from hrnas.tasks.base import get_task

@@ -5,8 +5,9 @@ Data (``data.format: kitti``): the official layout under ``data.root`` read by
 :class:`~hrnas.tasks.kitti.dataset.KittiDataset` — training frames with ground-truth sampling (the
 database of ``data.train_split`` is built once, by rank 0, and cached under the root), flip, rotation,
 scaling and point shuffling; validation frames with their raw labels. ``data.crop_size`` must be the
-pillar grid ``[ny, nx]`` of ``detection.point_cloud_range`` / ``detection.voxel_size`` (496×432 by
-default): it is the pseudo-image size at which costs and search budgets are measured.
+pillar grid ``[ny, nx]`` of ``task.point_cloud_range`` / ``task.voxel_size`` (496×432 by default): it is
+the pseudo-image size at which costs and search budgets are measured. The ``task:`` section is
+:class:`~hrnas.tasks.kitti.options.KittiOptions`.
 
 Network (:func:`~hrnas.tasks.kitti.detector.build_detector`): PillarVFE → scatter → the backbone of
 ``model.spec`` (``pointpillars_bev``, ``hrnas_kitti_supernet``, a searched ``arch.json``) → anchor head
@@ -24,6 +25,12 @@ the official evaluation (:func:`~hrnas.tasks.kitti.eval.evaluate_kitti`) of the 
 The task metric is Car moderate 3D AP (R40, percent); BEV and the other classes are logged beside it. A
 frame without any point in the pillar grid gets no detections (the network would otherwise read an
 all-zero pseudo-image).
+
+Cost (:meth:`KittiTask.model_cost`, what ``hrnas cost`` and ``hrnas evaluate`` report): the whole detector,
+PillarVFE + backbone + anchor head (:func:`~hrnas.tasks.kitti.cost.detector_cost`), with the backbone's
+own cost beside it. Prediction (``hrnas predict --split``) writes result files and pictures for the frames
+of a split; export (``hrnas export``) writes the pillar-feature network
+(:func:`~hrnas.tasks.kitti.export.export_detector_onnx`); ``hrnas kitti-eval`` scores result files.
 """
 
 from __future__ import annotations
@@ -38,20 +45,23 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from hrnas.data.errors import DatasetError
+from hrnas.space.cost import Cost, cost
 from hrnas.space.pointpillars import PointPillarsSpec
 from hrnas.space.spec import NetSpec, SpecError
 from hrnas.space.zoo import resolve_spec
-from hrnas.tasks.base import Task, TaskError, register_task
+from hrnas.tasks.base import CostOption, ModelCost, Task, TaskCommand, TaskError, register_task
 from hrnas.tasks.kitti.anchors import KITTI_ANCHOR_CLASSES, AnchorConfig, assign_targets_batch, generate_anchors
 from hrnas.tasks.kitti.augment import AugmentConfig
 from hrnas.tasks.kitti.boxes import predictions_to_kitti
-from hrnas.tasks.kitti.cost import bev_features
+from hrnas.tasks.kitti.cost import bev_features, detector_cost, is_detection_spec
 from hrnas.tasks.kitti.dataset import KittiDataConfig, KittiDataset, collate_kitti
 from hrnas.tasks.kitti.detector import build_detector
+from hrnas.tasks.kitti.export import DetectorExportReport
 from hrnas.tasks.kitti.formats import KittiCalib, KittiObjects, write_label
 from hrnas.tasks.kitti.gt_database import GtSamplingConfig, load_or_build_gt_database
 from hrnas.tasks.kitti.head import HeadOutput
 from hrnas.tasks.kitti.losses import LossParts, detection_loss
+from hrnas.tasks.kitti.options import KittiOptions
 from hrnas.tasks.kitti.pillars import PillarConfig, pillarize_batch
 from hrnas.tasks.kitti.postprocess import Detections, PostProcessConfig, postprocess
 
@@ -80,7 +90,7 @@ def _float_head(output: HeadOutput) -> HeadOutput:
     return HeadOutput(*(None if t is None else t.float() for t in output))
 
 
-@register_task("kitti")
+@register_task
 class KittiTask(Task):
     """PointPillars detector + anchor-head loss + official KITTI AP (see the module docstring).
 
@@ -89,8 +99,19 @@ class KittiTask(Task):
     """
 
     name = "kitti"
+    options = KittiOptions
+    data_formats = ("kitti",)
     head_kinds = ("detection",)
     metric = "car_3d_moderate_r40"
+    cost_options = (
+        CostOption(
+            "--pillars",
+            "num_pillars",
+            int,
+            0,
+            "KITTI backbones: also count the PillarVFE's MACs for N pillars (default 0, as the published figures)",
+        ),
+    )
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -105,8 +126,8 @@ class KittiTask(Task):
 
     @property
     def pillar_config(self) -> PillarConfig:
-        """The pillar grid and caps of the ``detection`` section."""
-        d = self.cfg.detection
+        """The pillar grid and caps of the ``task`` section."""
+        d = self.cfg.task
         try:
             return PillarConfig(
                 point_cloud_range=tuple(float(v) for v in d.point_cloud_range),  # type: ignore[arg-type]
@@ -117,16 +138,16 @@ class KittiTask(Task):
                 num_point_features=4,
             )
         except ValueError as err:
-            raise TaskError(f"detection: {err}") from None
+            raise TaskError(f"task: {err}") from None
 
     @property
     def anchor_config(self) -> AnchorConfig:
-        """The reference anchors spread over ``detection.point_cloud_range``."""
-        return AnchorConfig(KITTI_ANCHOR_CLASSES, tuple(float(v) for v in self.cfg.detection.point_cloud_range))  # type: ignore[arg-type]
+        """The reference anchors spread over ``task.point_cloud_range``."""
+        return AnchorConfig(KITTI_ANCHOR_CLASSES, tuple(float(v) for v in self.cfg.task.point_cloud_range))  # type: ignore[arg-type]
 
     @property
     def postprocess_config(self) -> PostProcessConfig:
-        d = self.cfg.detection
+        d = self.cfg.task
         return PostProcessConfig(
             score_threshold=d.score_threshold,
             nms_pre_max=d.nms_pre_max,
@@ -140,20 +161,20 @@ class KittiTask(Task):
         nx, ny, nz = self.pillar_config.grid_size
         if nz != 1:
             raise TaskError(
-                f"detection.voxel_size: the z size must cover the whole z range of detection.point_cloud_range "
+                f"task.voxel_size: the z size must cover the whole z range of task.point_cloud_range "
                 f"(pillars), got {nz} cells in z"
             )
         crop = tuple(int(v) for v in self.cfg.data.crop_size)
         if crop != (ny, nx):
             raise TaskError(
-                f"data.crop_size: {list(crop)}, but the pillar grid of detection.point_cloud_range / "
-                f"detection.voxel_size is {ny}×{nx}; set data.crop_size=[{ny}, {nx}]"
+                f"data.crop_size: {list(crop)}, but the pillar grid of task.point_cloud_range / "
+                f"task.voxel_size is {ny}×{nx}; set data.crop_size=[{ny}, {nx}]"
             )
         return ny, nx
 
     def data_config(self) -> KittiDataConfig:
-        """How frames become samples (classes, range, augmentation) from the ``detection`` section."""
-        d = self.cfg.detection
+        """How frames become samples (classes, range, augmentation) from the ``task`` section."""
+        d = self.cfg.task
         sampling = GtSamplingConfig(
             enabled=d.gt_sampling,
             db_split=self.cfg.data.train_split,
@@ -250,6 +271,31 @@ class KittiTask(Task):
             return build_detector(spec, self.pillar_config, self.anchor_config, init=init)
         except (ValueError, SpecError) as err:
             raise TaskError(f"model.spec: {spec.name or 'spec'}: {err}") from None
+
+    @classmethod
+    def claims_spec(cls, spec: Any) -> bool:
+        """KITTI backbones: a :class:`~hrnas.space.pointpillars.PointPillarsSpec` or a NetSpec with a
+        ``detection`` head."""
+        return is_detection_spec(spec)
+
+    @classmethod
+    def model_cost(cls, spec: Any, input_size: tuple[int, int], num_pillars: int = 0, **options: Any) -> ModelCost:
+        """The whole detector on an ``input_size`` ``(ny, nx)`` pillar grid: PillarVFE + backbone + anchor
+        head (:func:`~hrnas.tasks.kitti.cost.detector_cost`, parts ``vfe``, ``backbone``, ``head``), and
+        the backbone alone (:func:`hrnas.space.cost.cost`, the figure HR-NAS reports for the 2D part).
+        ``num_pillars`` adds the VFE's per-pillar MACs (0: none, as the published figures)."""
+        if options:
+            raise TaskError(f"cost: task {cls.name!r} has no option {', '.join(sorted(options))}")
+        size = (int(input_size[0]), int(input_size[1]))
+        try:
+            whole = detector_cost(spec, size, num_pillars=num_pillars)
+        except SpecError as err:
+            raise TaskError(f"cost: {spec.name or 'spec'}: {err}") from None
+        parts = {
+            group: Cost(macs, params, tuple(i for i in whole.items if i.path.split(".")[0] == group))
+            for group, (macs, params) in whole.by_group().items()
+        }
+        return ModelCost(whole=whole, backbone=cost(spec, size), parts=parts)
 
     def run(self, model: nn.Module, batch: dict[str, Any]) -> tuple[HeadOutput, Tensor]:
         """Pillarize the batch (cap after ``model.training``) and run the network; also returns which
@@ -370,7 +416,7 @@ class KittiTask(Task):
             for cls in CLASSES
         )
         lines.append(f"moderate AP_R40 3D / BEV: {summary} ({metrics.get('num_frames', 0)} frames)")
-        for key in ("macs", "params"):
+        for key in ("macs", "params", "backbone_macs", "backbone_params"):
             if key in metrics:
                 lines.append(f"{key}: {metrics[key]}")
         return "\n".join(lines)
@@ -396,7 +442,7 @@ class KittiTask(Task):
         dataset = self.dataset(split, training=False)
         device = next(model.parameters()).device
         model.eval()
-        rng = self.cfg.detection.point_cloud_range
+        rng = self.cfg.task.point_cloud_range
         written: list[Path] = []
         count = len(dataset) if max_frames is None else min(max_frames, len(dataset))
         for index in bar(range(count), desc="predict", enabled=progress, leave=False):
@@ -426,9 +472,33 @@ class KittiTask(Task):
             written.append(result)
         return written
 
-    def export_onnx(self, model: nn.Module, out_path: str | Path) -> Any:
-        """Export the network part (pillar features → scatter → backbone → head) and check it in ONNX
-        Runtime (:func:`hrnas.tasks.kitti.export.export_detector_onnx`)."""
+    def predict(self, model: nn.Module, inputs: Sequence[str], out_dir: Path, split: str | None = None) -> list[Path]:
+        """``hrnas predict``: the frames of ``split`` (default ``data.val_split``) under ``data.root``, written
+        by :meth:`predict_split`. KITTI reads whole frames (points, calibration, image), not image files."""
+        if inputs:
+            raise TaskError(f"predict: task {self.name!r} reads dataset frames; give --split NAME, not files")
+        return self.predict_split(model, split or self.cfg.data.val_split, Path(out_dir))
+
+    def export(
+        self, model: nn.Module, spec: Any, output: Path, input_size: tuple[int, int] | None = None
+    ) -> DetectorExportReport:
+        """``hrnas export``: the network part (pillar features → scatter → backbone → head), checked in ONNX
+        Runtime (:func:`hrnas.tasks.kitti.export.export_detector_onnx`). Its input is pillars, whose grid
+        is the config's; an ``input_size`` other than that grid is refused."""
         from hrnas.tasks.kitti.export import export_detector_onnx
 
-        return export_detector_onnx(model, out_path, self.pillar_config)
+        if input_size is not None and tuple(int(v) for v in input_size) != self.grid:
+            raise TaskError(
+                f"export: --input-size {list(input_size)}: a KITTI detector reads its {self.grid[0]}×{self.grid[1]} "
+                "pillar grid (task.point_cloud_range / task.voxel_size); leave --input-size out"
+            )
+        return export_detector_onnx(model, output, self.pillar_config)
+
+    @classmethod
+    def cli_commands(cls) -> list[TaskCommand]:
+        """``hrnas kitti-eval``: the official evaluation of result files against labels."""
+        from hrnas.tasks.kitti.eval_cli import add_arguments, run
+
+        return [
+            TaskCommand("kitti-eval", "official KITTI evaluation of result files against labels", add_arguments, run)
+        ]

@@ -90,3 +90,27 @@ def test_detector_cost_options_and_mismatches():
         detector_cost(spec, GRID, vfe=PillarVFESpec(out_channels=32))
     with pytest.raises(SpecError, match="not a detection head"):
         detector_cost(get_spec("test_seg"), (32, 32))
+
+
+# --- the task's cost: what `hrnas cost` and `hrnas evaluate` report -------------------------------------
+
+
+def test_the_kitti_task_claims_detection_specs_and_costs_the_whole_detector(capsys):
+    from hrnas.space.cost import cost
+    from hrnas.tasks.kitti.task import KittiTask
+
+    assert KittiTask.claims_spec(get_spec("pointpillars_bev")) and KittiTask.claims_spec(
+        get_spec("hrnas_kitti_supernet")
+    )
+    assert not KittiTask.claims_spec(get_spec("test_seg"))
+    spec = get_spec("pointpillars_bev")
+    mc = KittiTask.model_cost(spec, GRID, num_pillars=100)
+    assert mc.whole == detector_cost(spec, GRID, num_pillars=100)
+    assert mc.backbone == cost(spec, GRID)
+    assert set(mc.parts) == {"vfe", "backbone", "head"}
+    assert sum(p.macs for p in mc.parts.values()) == mc.whole.macs
+    assert sum(p.params for p in mc.parts.values()) == mc.whole.params
+    assert mc.parts["backbone"].macs == mc.backbone.macs and mc.parts["vfe"].macs == 100 * 32 * 10 * 64
+    out = _cli_json(capsys, "pointpillars_bev", "--input-size", "496", "432", "--pillars", "100")
+    assert (out["macs"], out["params"]) == (mc.whole.macs, mc.whole.params)
+    assert out["backbone"] == {"macs": mc.backbone.macs, "params": mc.backbone.params}

@@ -24,13 +24,13 @@ from hrnas.tasks.kitti.task import KittiTask
 # 35.84 m × 20.48 m in front of the car at 0.32 m pillars (64×112); no augmentation, so the frame is the
 # same at every step but for the point order.
 SETTINGS = [
-    "detection.point_cloud_range=[0, -10.24, -3, 35.84, 10.24, 1]",
-    "detection.voxel_size=[0.32, 0.32, 4]",
+    "task.point_cloud_range=[0, -10.24, -3, 35.84, 10.24, 1]",
+    "task.voxel_size=[0.32, 0.32, 4]",
     "data.crop_size=[64, 112]",
-    "detection.gt_sampling=false",
-    "detection.flip=false",
-    "detection.rotation=0",
-    "detection.scaling_range=[1, 1]",
+    "task.gt_sampling=false",
+    "task.flip=false",
+    "task.rotation=0",
+    "task.scaling_range=[1, 1]",
 ]
 MIN_IOU = {1: 0.7, 2: 0.5, 3: 0.5}
 

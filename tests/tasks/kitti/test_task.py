@@ -31,8 +31,8 @@ from hrnas.tasks.kitti.task import CLASSES, summary_metrics
 
 # A 25.6 m × 25.6 m area in front of the car at 0.4 m pillars: a 64×64 pseudo-image.
 GRID = [
-    "detection.point_cloud_range=[0, -12.8, -3, 25.6, 12.8, 1]",
-    "detection.voxel_size=[0.4, 0.4, 4]",
+    "task.point_cloud_range=[0, -12.8, -3, 25.6, 12.8, 1]",
+    "task.voxel_size=[0.4, 0.4, 4]",
     "data.crop_size=[64, 64]",
 ]
 
@@ -82,7 +82,7 @@ def sets(root: Path, spec: Path, *extra: str) -> list[str]:
         "train.eval_every=0",
         "train.bn_calib_batches=1",
         "train.checkpoint_every=0",
-        "detection.sample_groups=[4, 2, 2]",
+        "task.sample_groups=[4, 2, 2]",
         *extra,
     ]
     return [arg for v in values for arg in ("--set", v)]
@@ -100,7 +100,16 @@ def test_train_evaluate_predict_export_through_the_cli(root, specs, tmp_path, ca
     assert main(["evaluate", str(run / "final.pt")]) == 0
     out = capsys.readouterr().out
     assert "Car AP_R40@0.70, 0.70, 0.70:" in out and "3d   AP:" in out and "moderate AP_R40 3D / BEV" in out
-    assert json.loads((run / "eval_metrics.json").read_text())["kitti"]["Car"]["3d"]["iou"] == 0.7
+    evaluated = json.loads((run / "eval_metrics.json").read_text())
+    assert evaluated["kitti"]["Car"]["3d"]["iou"] == 0.7
+    assert "backbone_macs: " in out
+    capsys.readouterr()
+    # `hrnas evaluate` and `hrnas cost` report the same whole detector, and the backbone beside it
+    assert main(["cost", str(specs["pp"]), "--input-size", "64", "64", "--json"]) == 0
+    costed = json.loads(capsys.readouterr().out)
+    assert (evaluated["macs"], evaluated["params"]) == (costed["macs"], costed["params"])
+    assert evaluated["backbone_macs"] == costed["backbone"]["macs"] == costed["groups"]["backbone"]["macs"]
+    assert evaluated["macs"] > evaluated["backbone_macs"]
 
     pred = tmp_path / "pred"
     assert main(["predict", str(run / "final.pt"), "--data", str(root), "--split", "val", "--out", str(pred)]) == 0
@@ -182,7 +191,7 @@ def test_bad_configurations_and_foreign_checkpoints_are_one_line_errors(root, sp
     err = one_line_error(capsys, [*retrain, "--checkpoint", str(seg), *sets(root, specs["hr"])])
     assert "checkpoint is for task 'segmentation', not 'kitti'" in err
     err = one_line_error(capsys, ["predict", str(seg), "--data", str(root), "--split", "val", "--out", str(tmp_path)])
-    assert "--split is for KITTI" in err
+    assert "predicts the image files given, not --split" in err
 
 
 def test_empty_frame_gives_no_detections(root, specs):
@@ -228,3 +237,16 @@ def test_a_network_that_predicts_another_grid_is_rejected(root, specs):
     with pytest.raises(TaskError, match="no stride of the 64×64 grid"):
         task.anchors(1000, torch.device("cpu"))
     assert task.anchors(32 * 32 * 6, torch.device("cpu")).shape == (32, 32, 3, 2, 7)
+
+
+def test_predict_reads_split_frames_export_the_pillar_grid_and_kitti_eval_is_a_task_command(root, specs, tmp_path):
+    cfg = load_config("kitti", [a for a in sets(root, specs["pp"]) if a != "--set"])
+    task = get_task(cfg)
+    spec = task.build_spec()
+    model = task.build_model(spec).eval()
+    with pytest.raises(TaskError, match="reads dataset frames; give --split NAME, not files"):
+        task.predict(model, ["frame.png"], tmp_path)
+    with pytest.raises(TaskError, match=r"--input-size \[32, 32\]: a KITTI detector reads its 64×64 pillar grid"):
+        task.export(model, spec, tmp_path / "det.onnx", input_size=(32, 32))
+    assert not (tmp_path / "det.onnx").exists()
+    assert [c.name for c in task.cli_commands()] == ["kitti-eval"]
