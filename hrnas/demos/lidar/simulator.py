@@ -87,6 +87,9 @@ __all__ = [
 
 GENERATOR_NAME = "hrnas.demos.lidar.simulator"
 GENERATOR_VERSION = 1
+FORMER_GENERATOR_NAMES = ("hrnas.data.kitti.simulator",)
+"""Names the same simulator wrote into ``meta.json`` before it moved (same files for the same settings):
+datasets carrying them are read, reused and replaced like the simulator's own."""
 MIN_POINTS = 3
 """Objects with fewer LiDAR returns than this are not annotated in 3D (DontCare or nothing)."""
 DONTCARE_HEIGHT = 12.0
@@ -511,7 +514,8 @@ def _read_meta_file(root: Path) -> dict[str, Any] | None:
         meta = json.loads((root / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) and meta.get("generator") == GENERATOR_NAME else None
+    ours = (GENERATOR_NAME, *FORMER_GENERATOR_NAMES)
+    return meta if isinstance(meta, dict) and meta.get("generator") in ours else None
 
 
 def _check_replaceable(root: Path) -> None:
@@ -586,7 +590,7 @@ def generate(
     root = Path(root)
     expected = _expected_meta(num_train, num_val, num_test, seed, scanner, scene, image_scale)
     meta = read_meta(root)
-    if meta is not None and all(meta.get(key) == value for key, value in expected.items()):
+    if meta is not None and all(meta.get(key) == value for key, value in expected.items() if key != "generator"):
         return root
     with atomic_folder(root, _check_replaceable) as staging:
         jobs = [("training", i, True) for i in range(num_train + num_val)]

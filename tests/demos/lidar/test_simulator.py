@@ -138,6 +138,18 @@ def test_generate_is_idempotent_and_replaces_other_settings(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sim"]  # no staging or old folders left
 
 
+def test_a_dataset_written_before_the_simulator_moved_is_reused(tmp_path: Path) -> None:
+    root = small_dataset(tmp_path / "sim", num_test=0)
+    meta = json.loads((root / "meta.json").read_text())
+    (root / "meta.json").write_text(json.dumps({**meta, "generator": sim.FORMER_GENERATOR_NAMES[0]}))
+    stamp = (root / "DONE").stat().st_mtime_ns
+    assert sim.read_meta(root) is not None
+    assert small_dataset(root, num_test=0) == root
+    assert (root / "DONE").stat().st_mtime_ns == stamp  # the same files: nothing rewritten
+    small_dataset(root, num_test=1)  # other settings: replaced, not refused as a foreign folder
+    assert sim.read_meta(root)["generator"] == sim.GENERATOR_NAME
+
+
 def test_partial_folder_is_not_taken_as_complete(tmp_path: Path) -> None:
     root = small_dataset(tmp_path / "sim", num_test=0)
     (root / "DONE").unlink()
