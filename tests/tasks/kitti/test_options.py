@@ -60,8 +60,11 @@ def test_bad_values_are_one_line_errors_naming_the_key(override, message):
 def test_an_old_detection_section_says_what_to_rename(tmp_path: Path):
     old = tmp_path / "old.yaml"
     old.write_text("task:\n  name: kitti\ndata:\n  format: kitti\n  crop_size: [496, 432]\ndetection:\n  flip: false\n")
-    with pytest.raises(ConfigError, match=r"old.yaml:6: detection: moved into task: \(task.name: kitti\); "
-                       r"rename detection.X to task.X") as err:
+    with pytest.raises(
+        ConfigError,
+        match=r"old.yaml:6: detection: moved into task: \(task.name: kitti\); "
+        r"rename detection.X to task.X",
+    ) as err:
         load_config(old)
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="rename detection.X to task.X"):

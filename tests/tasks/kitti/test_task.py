@@ -14,81 +14,40 @@ import torch
 from PIL import Image
 
 from hrnas.cli import main
-from hrnas.demos.lidar import simulator as sim
-from hrnas.demos.lidar.raycast import ScannerConfig
 from hrnas.engine.checkpoint import save_checkpoint
 from hrnas.engine.config import config_to_dict, load_config
 from hrnas.engine.trainer import load_model_from_checkpoint
 from hrnas.space.network import build_model
-from hrnas.space.pointpillars import BEVBlockSpec, PointPillarsSpec
 from hrnas.space.spec import NetSpec
-from hrnas.space.zoo import get_spec, kitti_supernet_spec
+from hrnas.space.zoo import get_spec
 from hrnas.tasks.base import TaskError, get_task
 from hrnas.tasks.kitti.eval import evaluate_kitti
 from hrnas.tasks.kitti.formats import read_ids, read_label
 from hrnas.tasks.kitti.postprocess import Detections
 from hrnas.tasks.kitti.task import CLASSES, summary_metrics
 
-# A 25.6 m × 25.6 m area in front of the car at 0.4 m pillars: a 64×64 pseudo-image.
-GRID = [
-    "task.point_cloud_range=[0, -12.8, -3, 25.6, 12.8, 1]",
-    "task.voxel_size=[0.4, 0.4, 4]",
-    "data.crop_size=[64, 64]",
-]
+
+@pytest.fixture
+def root(kitti_root: Path) -> Path:
+    return kitti_root
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two training frames and one validation frame (about 10 k points each)."""
-    scanner = ScannerConfig(num_azimuth=512, horizontal_fov_deg=120.0)
-    return sim.generate(
-        tmp_path_factory.mktemp("kitti") / "sim", 2, 1, seed=3, scanner=scanner, image_scale=8, progress=False
-    )
+@pytest.fixture
+def specs(kitti_specs: dict[str, Path]) -> dict[str, Path]:
+    return kitti_specs
 
 
-@pytest.fixture(scope="module")
-def specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("specs")
-    pp = PointPillarsSpec(
-        blocks=(BEVBlockSpec(16, 2, 1, 32, 1), BEVBlockSpec(32, 2, 1, 32, 2)), in_channels=16, name="tiny_pp"
-    )
-    hr = kitti_supernet_spec(
-        name="tiny_hr",
-        stages=((1, (1,), (8,)), (2, (1, 1), (8, 16)), (3, (1, 1, 1), (8, 16, 24))),
-        stem=(8,),
-        in_channels=16,
-        num_outputs=32,
-        last_channels=32,
-        expand_ratio=1.0,
-        head_expand_ratio=1.0,
-        num_queries=4,
-        token_grid=4,
-    )
-    out = {"pp": folder / "tiny_pp.json", "hr": folder / "tiny_hr.json"}
-    pp.save(out["pp"])
-    hr.save(out["hr"])
-    return out
+@pytest.fixture
+def sets(kitti_overrides):
+    """``(root, spec, *extra)`` -> the ``--set KEY=VALUE`` arguments of a tiny KITTI run."""
+
+    def make(root: Path, spec: Path, *extra: str) -> list[str]:
+        return [arg for v in kitti_overrides(root, spec, *extra) for arg in ("--set", v)]
+
+    return make
 
 
-def sets(root: Path, spec: Path, *extra: str) -> list[str]:
-    values = [
-        f"data.root={root}",
-        f"model.spec={spec}",
-        *GRID,
-        "data.batch_size=2",
-        "data.eval_batch_size=2",
-        "data.workers=0",
-        "train.log_every=1",
-        "train.eval_every=0",
-        "train.bn_calib_batches=1",
-        "train.checkpoint_every=0",
-        "task.sample_groups=[4, 2, 2]",
-        *extra,
-    ]
-    return [arg for v in values for arg in ("--set", v)]
-
-
-def test_train_evaluate_predict_export_through_the_cli(root, specs, tmp_path, capsys):
+def test_train_evaluate_predict_export_through_the_cli(root, specs, sets, tmp_path, capsys):
     run = tmp_path / "train"
     assert main(["train", "kitti", "--run-dir", str(run), *sets(root, specs["pp"], "train.steps=3")]) == 0
     assert (root / "gt_database" / "kitti_dbinfos_train.npz").is_file()  # built once from the train split
@@ -126,7 +85,7 @@ def test_train_evaluate_predict_export_through_the_cli(root, specs, tmp_path, ca
     assert "max abs diff" in capsys.readouterr().out and (tmp_path / "det.onnx").is_file()
 
 
-def test_search_then_retrain_through_the_cli(root, specs, tmp_path):
+def test_search_then_retrain_through_the_cli(root, specs, sets, tmp_path):
     from hrnas.space.cost import cost
 
     supernet = NetSpec.load(specs["hr"])
@@ -165,7 +124,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     return err
 
 
-def test_bad_configurations_and_foreign_checkpoints_are_one_line_errors(root, specs, tmp_path, capsys):
+def test_bad_configurations_and_foreign_checkpoints_are_one_line_errors(root, specs, sets, tmp_path, capsys):
     run = ["train", "kitti", "--run-dir", str(tmp_path / "bad")]
     err = one_line_error(capsys, [*run, *sets(root, specs["pp"], "data.crop_size=[64, 32]")])
     assert "data.crop_size: [64, 32], but the pillar grid" in err and "set data.crop_size=[64, 64]" in err
@@ -194,7 +153,7 @@ def test_bad_configurations_and_foreign_checkpoints_are_one_line_errors(root, sp
     assert "predicts the image files given, not --split" in err
 
 
-def test_empty_frame_gives_no_detections(root, specs):
+def test_empty_frame_gives_no_detections(root, specs, sets):
     cfg = load_config("kitti", [a for a in sets(root, specs["pp"]) if a != "--set"])
     task = get_task(cfg)
     model = task.build_model(task.build_spec()).eval()
@@ -210,7 +169,7 @@ def test_empty_frame_gives_no_detections(root, specs):
     assert len(objects) == 0 and objects.score is not None
 
 
-def test_ground_truth_through_the_detection_path_scores_as_the_labels_themselves(root, specs):
+def test_ground_truth_through_the_detection_path_scores_as_the_labels_themselves(root):
     """LiDAR boxes → camera boxes, projected 2D boxes and alphas (what the network's detections go
     through) lose nothing the evaluation looks at: they score exactly as the label lines they came from."""
     cfg = load_config("kitti", [f"data.root={root}"])
@@ -231,7 +190,7 @@ def test_ground_truth_through_the_detection_path_scores_as_the_labels_themselves
     assert got["car_3d_moderate_r40"] > 0
 
 
-def test_a_network_that_predicts_another_grid_is_rejected(root, specs):
+def test_a_network_that_predicts_another_grid_is_rejected(root, specs, sets):
     cfg = load_config("kitti", [a for a in sets(root, specs["pp"]) if a != "--set"])
     task = get_task(cfg)
     with pytest.raises(TaskError, match="no stride of the 64×64 grid"):
@@ -239,7 +198,7 @@ def test_a_network_that_predicts_another_grid_is_rejected(root, specs):
     assert task.anchors(32 * 32 * 6, torch.device("cpu")).shape == (32, 32, 3, 2, 7)
 
 
-def test_predict_reads_split_frames_export_the_pillar_grid_and_kitti_eval_is_a_task_command(root, specs, tmp_path):
+def test_predict_export_and_kitti_eval_are_the_tasks_own(root, specs, sets, tmp_path):
     cfg = load_config("kitti", [a for a in sets(root, specs["pp"]) if a != "--set"])
     task = get_task(cfg)
     spec = task.build_spec()
