@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import math
 import shutil
-import struct
-import zlib
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -124,12 +123,10 @@ OUTSIDE = np.array(
 
 
 def _png(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    raw = b"".join(b"\x00" + b"\x00\x00\x00" * width for _ in range(height))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    """A black RGB image of ``width`` × ``height`` pixels as PNG bytes."""
+    ok, png = cv2.imencode(".png", np.zeros((height, width, 3), np.uint8))
+    assert ok
+    return png.tobytes()
 
 
 def _points_in_box(box: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from hrnas.demos.lidar import simulator as sim
-from hrnas.demos.lidar.raycast import ScannerConfig
 from hrnas.engine.bn_calibration import calibrate_bn
 from hrnas.engine.config import load_config
 from hrnas.space.pointpillars import BEVBlockSpec, PointPillarsSpec
@@ -35,12 +33,10 @@ SETTINGS = [
 MIN_IOU = {1: 0.7, 2: 0.5, 3: 0.5}
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scanner = ScannerConfig(num_azimuth=512, horizontal_fov_deg=120.0)
-    return sim.generate(
-        tmp_path_factory.mktemp("kitti") / "sim", 2, 1, seed=3, scanner=scanner, image_scale=8, progress=False
-    )
+@pytest.fixture
+def root(kitti_root: Path) -> Path:
+    """The tiny simulated set of tests/tasks/conftest.py (2 training frames, 1 validation frame)."""
+    return kitti_root
 
 
 @pytest.fixture(autouse=True)
