@@ -8,7 +8,8 @@ start and end.
 
 A target below 1 is a fraction of the supernet's MACs at the training crop; otherwise MACs (``40M``).
 ``--set`` applies to every run, ``--search-set`` / ``--retrain-set`` to one phase. The defaults are the
-``hrnas demo`` recipe (hrnas.demo.DEMO_SEARCH / DEMO_RETRAIN).
+``hrnas demo`` recipe (hrnas.demos.segmentation.DEMO_SEARCH / DEMO_RETRAIN). Budgets, the uniform
+thinning and the figures are in MACs (``hrnas.space.cost_model.MAC_COST``, the search's default).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import json
 import time
 from pathlib import Path
 
-from hrnas.demo import DEMO_RETRAIN, DEMO_SEARCH
+from hrnas.demos.segmentation import DEMO_RETRAIN, DEMO_SEARCH
 from hrnas.engine.config import load_config, parse_macs
 from hrnas.engine.trainer import train
 from hrnas.search.uniform import uniformly_thinned
 from hrnas.space.cost import cost, format_macs
+from hrnas.space.cost_model import MAC_COST
 from hrnas.tasks.base import get_task
 
 
@@ -79,7 +81,7 @@ def main() -> None:
             },
         }
         if not args.no_uniform:
-            uniform = uniformly_thinned(supernet, target, size)
+            uniform = uniformly_thinned(supernet, target, size, MAC_COST)
             thin = train(retrain_cfg, args.out / tag / "uniform", arch=uniform)
             row["uniform"] = {
                 "macs": cost(uniform, size).macs,

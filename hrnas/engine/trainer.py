@@ -39,6 +39,7 @@ from hrnas.engine.run_log import RunLogger
 from hrnas.engine.schedules import build_scheduler
 from hrnas.search.units import importance_factors
 from hrnas.space.cost import cost, format_macs
+from hrnas.space.cost_model import MAC_COST
 from hrnas.space.network import build_model
 from hrnas.space.spec import NetSpec
 from hrnas.space.zoo import spec_from_dict
@@ -180,10 +181,11 @@ class Trainer:
                 rho_free_steps=s.rho_free_steps,
                 rho_warmup_steps=s.rho_warmup_steps,
                 shrink_every=s.shrink_every,
-                min_saving_macs=s.min_saving_macs,
-                target_macs=s.target_macs,
+                min_saving=s.min_saving_macs,
+                budget=s.target_macs,
                 total_steps=cfg.train.steps,
                 decide_on=s.decide_on,
+                cost_model=MAC_COST,
             )
         self.step = 0
         self.best: float | None = None
@@ -395,6 +397,7 @@ class Trainer:
             window = window[-20:]
             bar.update(1)
             if self.step % cfg.train.log_every == 0 or self.step == total:
+                macs = cost(self.spec, tuple(cfg.penalty_input_size)).macs
                 scalars = {
                     "loss": float(task_loss.detach()),
                     "lr": self.optimizer.param_groups[0]["lr"],
@@ -403,9 +406,8 @@ class Trainer:
                 if penalty is not None:
                     scalars["penalty"] = float(penalty.detach())
                     scalars["rho"] = self.search.last_rho
-                    scalars["macs"] = cost(self.spec, tuple(cfg.penalty_input_size)).macs
+                    scalars["macs"] = macs
                 self.logger.log(self.step, scalars, prefix="train/")
-                macs = cost(self.spec, tuple(cfg.penalty_input_size)).macs
                 bar.set_postfix(loss=f"{scalars['loss']:.3f}", macs=format_macs(macs))
             if self.search is not None and self.step < total and self.search.should_shrink(self.step):
                 self._shrink(final=False, step_time=sum(window) / len(window))

@@ -1,11 +1,12 @@
-"""Searching towards a MAC budget (beyond the paper, whose final size is an outcome of ρ; spec §9).
+"""Searching towards a budget (beyond the paper, whose final size is an outcome of ρ; spec §9).
 
-Two tools, both measured at the penalty input size:
+Budgets are in the unit of a :class:`~hrnas.space.cost_model.CostModel` (MACs by default) and measured
+at the penalty input size. Two tools:
 
-- :class:`RhoController` adapts ρ during the search so that the MACs the network would have after a
-  shrink follow a path from the supernet's MACs to the target;
+- :class:`RhoController` adapts ρ during the search so that the cost the network would have after a
+  shrink follows a path from the supernet's cost to the budget;
 - :func:`prune_to_budget` removes, at the end of the search, the least important remaining units until
-  the network fits the budget, landing in ``[(1 − tolerance)·target, target]``.
+  the network fits the budget, landing in ``[(1 − tolerance)·budget, budget]``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import heapq
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -22,111 +23,145 @@ from torch import nn
 
 from hrnas.search.shrink import BlockKeep, Keep, complete_keep, kept_spec
 from hrnas.search.units import HW, collect_units, read_factors
-from hrnas.space.cost import cost
-from hrnas.space.spec import NetSpec
+from hrnas.space.cost_model import MAC_COST, CostModel
+from hrnas.space.spec import BlockSpec, NetSpec
 
-__all__ = ["BudgetError", "RhoController", "min_reachable_macs", "prune_to_budget"]
+__all__ = ["BudgetError", "RhoController", "min_reachable_cost", "prune_to_budget"]
 
 
 class BudgetError(ValueError):
-    """A MAC target that no removal of units can reach."""
+    """A budget that no removal of units can reach."""
 
 
-def min_reachable_macs(spec: NetSpec, input_size: HW) -> int:
-    """MACs of ``spec`` with every channel and query removed: the stem, the shortcuts of non-residual
-    blocks and the head's fixed layers, which no unit removal can reach."""
-    empty = {
-        path: BlockKeep(
-            torch.zeros(b.without_empty_groups().total_hidden, dtype=torch.bool),
-            torch.zeros(b.num_queries, dtype=torch.bool) if b.num_queries else None,
-        )
-        for path, b in spec.blocks()
-    }
-    return cost(kept_spec(spec, empty), tuple(input_size)).macs
+def min_reachable_cost(spec: NetSpec, input_size: HW, cost_model: CostModel = MAC_COST) -> float:
+    """Cost of ``spec`` with every channel and query removed (:meth:`CostModel.fixed`): the stem, the
+    shortcuts of non-residual blocks and the head's fixed layers, which no unit removal can reach."""
+    return cost_model.fixed(spec, tuple(input_size))
+
+
+def _same_total(tracked: float, exact: float) -> bool:
+    """Integer totals (MACs) must agree exactly, fractional ones (e.g. latency) up to rounding."""
+    if isinstance(tracked, int) and isinstance(exact, int):
+        return tracked == exact
+    return math.isclose(tracked, exact, rel_tol=1e-9, abs_tol=1e-12)
 
 
 @dataclass(order=True)
 class _Candidate:
     score: float
     order: int
-    kind: str  # "channel" | "query"
-    path: str
-    index: int
-    delta: int  # MACs saved by removing it now
+    kind: str = field(compare=False)  # "channel" | "query"
+    path: str = field(compare=False)
+    index: int = field(compare=False)
+    group: int = field(compare=False)  # kernel group of a channel (-1 for a query)
+    gamma: float = field(compare=False)
+    delta: float = field(compare=False)  # what removing it saves, priced at the block's widths of `version`
+    version: int = field(compare=False)
 
 
 @torch.no_grad()
 def prune_to_budget(
     model: nn.Module,
     spec: NetSpec,
-    target_macs: int,
+    budget: float,
     input_size: HW,
     keep: Mapping[str, BlockKeep] | None = None,
     tolerance: float = 0.03,
+    cost_model: CostModel = MAC_COST,
 ) -> Keep:
-    """Remove the least important units until ``cost(kept_spec(spec, keep), input_size).macs <= target``.
+    """Remove the least important units until ``cost_model.total(kept_spec(spec, keep)) <= budget``.
 
-    Importance of a unit = ``|γ| / MACs it saves``: a channel saves its unit MACs; a query of a
-    transformer with ``n`` remaining queries saves ``F(n) − F(n − 1)`` (its marginal cost, re-evaluated
-    as queries go; the lowest-|γ| query of a block goes first). Units are removed greedily, least
-    important first, skipping any unit whose removal would fall below ``(1 − tolerance)·target`` while
-    a smaller one fits; the MACs are tracked exactly (each removal's saving is an exact term of
-    :func:`~hrnas.space.cost.cost`) and checked against a full recomputation at the end. Ties are broken
-    by spec order, so the result depends only on the γ (identical on every rank).
+    Importance of a unit = ``|γ| / what removing it saves``: a channel saves its price, a query of a
+    transformer with ``n`` remaining queries saves the price of the ``n``-th query (re-evaluated as
+    queries go; the lowest-|γ| query of a block goes first). Prices are those of the block at its current
+    widths: when a block has changed since a unit was priced, the unit is re-priced as it comes up (with
+    MACs a channel's price never changes). Units are removed greedily, least important first, skipping
+    any unit whose removal would fall below ``(1 − tolerance)·budget`` while a smaller one fits; the
+    total is tracked from the prices (each saving is an exact term of the total) and checked against a
+    full recomputation at the end. Ties are broken by spec order, so the result depends only on the γ
+    (identical on every rank).
 
     Args:
         model: the network whose |γ| rank the units (e.g. the EMA shadow), built from ``spec``.
         spec: its spec.
-        target_macs: the budget in MACs at ``input_size``.
+        budget: the budget at ``input_size``, in ``cost_model.unit``.
         input_size: (H, W) of the budget.
         keep: units already removed (False) before budgeting, e.g. :func:`alive_masks`; None = all alive.
-        tolerance: the lower edge of the landing window, as a fraction of the target.
+        tolerance: the lower edge of the landing window, as a fraction of the budget.
+        cost_model: prices the units and totals the spec (MACs by default).
 
     Returns:
         a new keep decision (the input is not modified). If the network already fits, ``keep`` as given.
-        When only units much larger than ``tolerance·target`` remain, the result fits the budget but may
+        When only units much larger than ``tolerance·budget`` remain, the result fits the budget but may
         land below the window (a ``RuntimeWarning`` says so).
 
     Raises:
-        BudgetError: ``target_macs`` is below :func:`min_reachable_macs`; the message names both numbers.
+        BudgetError: ``budget`` is below :func:`min_reachable_cost`; the message names both numbers.
     """
     input_size = (int(input_size[0]), int(input_size[1]))
+    cm = cost_model
     base = complete_keep(spec, keep if keep is not None else {})
     masks = {
         p: BlockKeep(k.channels.clone(), None if k.queries is None else k.queries.clone()) for p, k in base.items()
     }
-    current = cost(kept_spec(spec, masks), input_size).macs
-    if current <= target_macs:
+    current = cm.total(kept_spec(spec, masks), input_size)
+    if current <= budget:
         return masks
-    floor = min_reachable_macs(spec, input_size)
-    if target_macs < floor:
+    floor = min_reachable_cost(spec, input_size, cm)
+    if budget < floor:
         raise BudgetError(
-            f"target_macs={target_macs} is below the minimum reachable cost {floor} MACs at "
+            f"the budget {budget} {cm.unit} is below the minimum reachable cost {floor} {cm.unit} at "
             f"{input_size[0]}x{input_size[1]} (stem, shortcuts and head remain when every unit is removed)"
         )
-    units = collect_units(spec, input_size)
+    units = collect_units(spec, input_size, cm)
     factors = read_factors(model, spec)
-    low = (1.0 - tolerance) * target_macs
+    low = (1.0 - tolerance) * budget
+
+    # the blocks as they are now: alive channels per kernel group and alive queries; a version per block
+    # that changes with every removal, so that stale prices are noticed
+    widths = {
+        path: [int(masks[path].channels[g.start : g.stop].sum()) for g in u.groups] for path, u in units.items()
+    }
+    queries_alive = {
+        path: 0 if masks[path].queries is None else int(masks[path].queries.sum()) for path in units
+    }
+    version = dict.fromkeys(units, 0)
+
+    def block_now(path: str, restored_group: int | None = None) -> BlockSpec:
+        hidden = list(widths[path])
+        if restored_group is not None:
+            hidden[restored_group] += 1
+        return replace(units[path].block, hidden=tuple(hidden), num_queries=queries_alive[path])
+
+    def channel_price(path: str, group: int, restored: bool = False) -> float:
+        u = units[path]
+        block = block_now(path, group if restored else None)
+        return cm.channel_price(block, u.in_hw, u.groups[group].kernel_size)
+
+    def price(c: _Candidate) -> float:
+        if c.kind == "channel":
+            return channel_price(c.path, c.group)
+        u = units[c.path]
+        return cm.query_price(block_now(c.path), u.in_hw, max(queries_alive[c.path], 1), u.grid)
 
     heap: list[_Candidate] = []
     order = 0
     query_queue: dict[str, list[int]] = {}  # alive queries of a block, least |γ| first
-    query_alive: dict[str, int] = {}
     query_gamma: dict[str, list[float]] = {}
     for path, u in units.items():
         k = masks[path]
         gammas = factors[path].channels.double().cpu().tolist()
         for g in u.groups:
+            delta = channel_price(path, g.index)
             for i in range(g.start, g.stop):
                 if bool(k.channels[i]):
-                    heap.append(_Candidate(gammas[i] / g.unit_macs, order, "channel", path, i, g.unit_macs))
+                    heap.append(_Candidate(gammas[i] / delta, order, "channel", path, i, g.index, gammas[i], delta, 0))
                     order += 1
         if k.queries is not None and factors[path].queries is not None:
             qg = factors[path].queries.double().cpu().tolist()
             alive = [i for i in range(len(qg)) if bool(k.queries[i])]
             alive.sort(key=lambda i: (qg[i], i))
             query_queue[path] = alive
-            query_alive[path] = len(alive)
             query_gamma[path] = qg
     heapq.heapify(heap)
 
@@ -134,9 +169,23 @@ def prune_to_budget(
         nonlocal order
         queue = query_queue[path]
         if queue:
-            delta = units[path].query_macs(query_alive[path])
-            heapq.heappush(heap, _Candidate(query_gamma[path][queue[0]] / delta, order, "query", path, queue[0], delta))
+            gamma = query_gamma[path][queue[0]]
+            c = _Candidate(0.0, order, "query", path, queue[0], -1, gamma, 0.0, version[path])
+            c.delta = price(c)
+            c.score = gamma / c.delta
+            heapq.heappush(heap, c)
             order += 1
+
+    def refresh(c: _Candidate) -> bool:
+        """Re-price ``c`` if its block changed since; True when its price moved."""
+        if c.version == version[c.path]:
+            return False
+        c.version = version[c.path]
+        delta = price(c)
+        if delta == c.delta:
+            return False
+        c.delta, c.score = delta, c.gamma / delta
+        return True
 
     for path in query_queue:
         push_query(path)
@@ -148,63 +197,76 @@ def prune_to_budget(
         nonlocal current
         current -= c.delta
         removed.append(c)
+        version[c.path] += 1
         if c.kind == "channel":
             masks[c.path].channels[c.index] = False
+            widths[c.path][c.group] -= 1
         else:
             queries = masks[c.path].queries
             assert queries is not None
             queries[c.index] = False
             query_queue[c.path].pop(0)
-            query_alive[c.path] -= 1
+            queries_alive[c.path] -= 1
             push_query(c.path)
 
-    while current > target_macs and heap:
+    while current > budget and heap:
         c = heapq.heappop(heap)
+        if refresh(c):
+            heapq.heappush(heap, c)  # its importance moved with its price: back in line
+            continue
         if current - c.delta >= low:
             remove(c)
         else:
             skipped.append(c)  # would overshoot the window; a smaller unit may still fit
-    if current > target_macs:
+    if current > budget:
         # every remaining unit overshoots the window: take the smallest, then give back what fits
+        for c in skipped:
+            refresh(c)
         remove(min(skipped, key=lambda c: (c.delta, c.score, c.order)))
         for c in sorted(removed[:-1], key=lambda c: (-c.score, c.order)):
-            if c.kind == "channel" and current + c.delta <= target_macs:
+            if c.kind != "channel":
+                continue
+            back = channel_price(c.path, c.group, restored=True)
+            if current + back <= budget:
                 masks[c.path].channels[c.index] = True
-                current += c.delta
+                widths[c.path][c.group] += 1
+                version[c.path] += 1
+                current += back
         if current < low:
             warnings.warn(
-                f"prune_to_budget: landed at {current} MACs, below {low:.0f} = {1 - tolerance:g}·target "
+                f"prune_to_budget: landed at {current} {cm.unit}, below {low:.0f} = {1 - tolerance:g}·budget "
                 f"(the remaining units are larger than the window)",
                 RuntimeWarning,
                 stacklevel=2,
             )
-    exact = cost(kept_spec(spec, masks), input_size).macs
-    if exact != current:
-        raise RuntimeError(f"prune_to_budget: tracked {current} MACs but the spec costs {exact}")
+    exact = cm.total(kept_spec(spec, masks), input_size)
+    if not _same_total(current, exact):
+        raise RuntimeError(f"prune_to_budget: tracked {current} {cm.unit} but {cm!r} totals the spec at {exact}")
     return masks
 
 
 class RhoController:
-    """Adapts ρ so that the network's MACs follow a path to a target (multiplicative integral control).
+    """Adapts ρ so that the network's cost follows a path to a budget (multiplicative integral control).
 
-    The *path* starts at ``start_macs`` (the supernet) at ``start_step`` (the end of the ρ warm-up) and
-    descends geometrically to ``target_macs`` at ``end_step`` (by default 75 % of the way from the
+    Costs are in any one unit (that of the search's :class:`~hrnas.space.cost_model.CostModel`). The
+    *path* starts at ``start_cost`` (the supernet) at ``start_step`` (the end of the ρ warm-up) and
+    descends geometrically to ``target_cost`` at ``end_step`` (by default 75 % of the way from the
     start to the last step, leaving the rest of the run to settle), then stays there:
     ``path(t) = start·(target/start)^p`` with ``p = (t − start_step)/(end_step − start_step)`` in [0, 1].
 
-    Every ``update_every`` steps from ``start_step`` on, :meth:`update` receives the MACs the network
+    Every ``update_every`` steps from ``start_step`` on, :meth:`update` receives the cost the network
     would have after a shrink now (units with |γ| ≤ threshold removed) and sets
-    ``ρ ← clip(ρ·clip((macs/path)^gain, 1/max_factor, max_factor), rho_min, rho_max)``: ρ grows while the
+    ``ρ ← clip(ρ·clip((cost/path)^gain, 1/max_factor, max_factor), rho_min, rho_max)``: ρ grows while the
     network is larger than the path and shrinks while it is smaller. Because dead units stay at |γ| ≈ 0
     only under pressure and a unit removed by a shrink cannot come back, the path reaches the target
     before the end; the final :func:`prune_to_budget` removes whatever is still over the budget.
 
     Args:
         rho: the starting ρ (> 0).
-        start_macs, target_macs: MACs at the penalty input size.
+        start_cost, target_cost: costs at the penalty input size (> 0).
         start_step, end_step: the path's ends (optimizer steps, ``end_step > start_step``).
         update_every: steps between updates.
-        gain: exponent of the MAC ratio per update.
+        gain: exponent of the cost ratio per update.
         max_factor: the largest change of ρ per update (> 1).
         rho_min, rho_max: bounds of ρ; default ``rho/100`` and ``rho·100``.
     """
@@ -212,8 +274,8 @@ class RhoController:
     def __init__(
         self,
         rho: float,
-        start_macs: int,
-        target_macs: int,
+        start_cost: float,
+        target_cost: float,
         start_step: int,
         end_step: int,
         update_every: int = 1,
@@ -224,15 +286,15 @@ class RhoController:
     ) -> None:
         if not rho > 0:
             raise ValueError(f"RhoController needs a starting rho > 0, got {rho}")
-        if start_macs <= 0 or target_macs <= 0:
-            raise ValueError(f"MACs must be positive (start {start_macs}, target {target_macs})")
+        if not (start_cost > 0 and target_cost > 0):
+            raise ValueError(f"costs must be positive (start {start_cost}, target {target_cost})")
         if end_step <= start_step:
             raise ValueError(f"end_step={end_step} must be after start_step={start_step}")
         if update_every < 1 or max_factor <= 1.0 or gain <= 0:
             raise ValueError("update_every must be >= 1, max_factor > 1 and gain > 0")
         self.rho = float(rho)
-        self.start_macs = int(start_macs)
-        self.target_macs = int(target_macs)
+        self.start_cost = start_cost
+        self.target_cost = target_cost
         self.start_step = int(start_step)
         self.end_step = int(end_step)
         self.update_every = int(update_every)
@@ -242,11 +304,11 @@ class RhoController:
         self.rho_max = float(rho_max) if rho_max is not None else self.rho * 100.0
         self.last_update: int | None = None
 
-    def path_macs(self, step: int) -> float:
-        """The MACs the network should have after ``step`` steps."""
+    def path_cost(self, step: int) -> float:
+        """The cost the network should have after ``step`` steps."""
         p = (step - self.start_step) / (self.end_step - self.start_step)
         p = min(max(p, 0.0), 1.0)
-        return self.start_macs * (self.target_macs / self.start_macs) ** p
+        return self.start_cost * (self.target_cost / self.start_cost) ** p
 
     def due(self, step: int) -> bool:
         """Whether :meth:`update` should be called at ``step``."""
@@ -254,21 +316,23 @@ class RhoController:
             return False
         return (step - self.start_step) % self.update_every == 0
 
-    def update(self, step: int, macs: float) -> float:
-        """Adjust ρ from the MACs measured at ``step``; return the new ρ. Mutates the controller."""
-        ratio = max(float(macs), 1.0) / self.path_macs(step)
+    def update(self, step: int, cost: float) -> float:
+        """Adjust ρ from the cost measured at ``step``; return the new ρ. Mutates the controller."""
+        ratio = max(float(cost), 1.0) / self.path_cost(step)
         factor = min(max(ratio**self.gain, 1.0 / self.max_factor), self.max_factor)
         if math.isfinite(factor):
             self.rho = min(max(self.rho * factor, self.rho_min), self.rho_max)
         self.last_update = step
         return self.rho
 
+    _LEGACY_KEYS = {"start_macs": "start_cost", "target_macs": "target_cost"}
+
     def state_dict(self) -> dict[str, Any]:
         """Plain state (the arguments and the current ρ)."""
         return {
             "rho": self.rho,
-            "start_macs": self.start_macs,
-            "target_macs": self.target_macs,
+            "start_cost": self.start_cost,
+            "target_cost": self.target_cost,
             "start_step": self.start_step,
             "end_step": self.end_step,
             "update_every": self.update_every,
@@ -280,8 +344,11 @@ class RhoController:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
+        """Restore from :meth:`state_dict` (also from the ``start_macs``/``target_macs`` keys of older
+        checkpoints)."""
+        known = self.state_dict()
         for key, value in state.items():
-            if not hasattr(self, key):
+            key = self._LEGACY_KEYS.get(key, key)
+            if key not in known:
                 raise KeyError(f"unknown RhoController state key {key!r}")
             setattr(self, key, value)

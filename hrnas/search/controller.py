@@ -11,10 +11,12 @@ A loop using :class:`SearchController` looks like::
             spec, model, optimizer = res.spec, res.model, res.optimizer  # re-wrap DDP, rebind the scheduler
 
 It is independent of the task: it only reads the search blocks of an :class:`~hrnas.space.network.HRNet`
-built from the spec. The EMA is any object with a ``module`` (the averaged network) and
-``replace_module(new)``, such as :class:`hrnas.utils.ema.ModelEma`. In a distributed run every rank holds
-the same γ, so every decision below is the same on every rank; pass ``sync=broadcast_object`` to
-:meth:`SearchController.shrink_now` to make rank 0's keep decision authoritative anyway.
+built from the spec. Costs (penalty weights, budget, savings) come from a
+:class:`~hrnas.space.cost_model.CostModel`, MACs by default; the shrink records report MACs. The EMA is
+any object with a ``module`` (the averaged network) and ``replace_module(new)``, such as
+:class:`hrnas.utils.ema.ModelEma`. In a distributed run every rank holds the same γ, so every decision
+below is the same on every rank; pass ``sync=broadcast_object`` to :meth:`SearchController.shrink_now`
+to make rank 0's keep decision authoritative anyway.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from hrnas.search.budget import BudgetError, RhoController, min_reachable_macs, prune_to_budget
+from hrnas.search.budget import BudgetError, RhoController, min_reachable_cost, prune_to_budget
 from hrnas.search.penalty import ResourcePenalty
 from hrnas.search.schedule import rho_at
 from hrnas.search.shrink import (
@@ -41,6 +43,7 @@ from hrnas.search.shrink import (
 )
 from hrnas.search.units import HW, as_hrnet, search_blocks
 from hrnas.space.cost import cost
+from hrnas.space.cost_model import MAC_COST, CostModel
 from hrnas.space.spec import NetSpec
 
 if TYPE_CHECKING:
@@ -82,23 +85,25 @@ class SearchController:
         spec: its spec.
         optimizer: its optimizer (only checked to exist; the one passed to :meth:`shrink_now` is remapped).
         ema: the EMA of the model or None.
-        input_size: (H, W), the penalty input size at which unit costs, savings and the target are measured.
+        input_size: (H, W), the penalty input size at which unit costs, savings and the budget are measured.
         threshold: a unit is dead when |γ| ≤ threshold.
-        rho: full weight ρ of the penalty (the starting value when ``target_macs`` is set).
+        rho: full weight ρ of the penalty (the starting value when ``budget`` is set).
         rho_free_steps, rho_warmup_steps: the ρ(t) ramp of :func:`hrnas.search.schedule.rho_at`.
         shrink_every: :meth:`should_shrink` is True every this many steps (0 = never; the loop then decides).
-        min_saving_macs: a non-final shrink happens only when it saves at least this many MACs.
-        target_macs: the MAC budget at ``input_size`` or None. When set, ρ is adapted by a
-            :class:`~hrnas.search.budget.RhoController` and the final shrink prunes to the budget.
-        total_steps: the run's optimizer steps (required with ``target_macs``).
+        min_saving: a non-final shrink happens only when it saves at least this much (in the cost model's
+            unit; the default is 1 M MACs).
+        budget: the cost budget at ``input_size`` (in the cost model's unit) or None. When set, ρ is
+            adapted by a :class:`~hrnas.search.budget.RhoController` and the final shrink prunes to it.
+        total_steps: the run's optimizer steps (required with ``budget``).
         decide_on: ``ema_and_current`` | ``ema`` | ``current``: which γ decide liveness (spec §4.5); the
             final shrink uses the EMA alone when ``ema_and_current``; without an EMA, the current model.
-        rho_update_every: steps between ρ updates with a target (None: 1/200 of the controlled span).
-        reach_fraction: where, between the end of the ρ warm-up and the last step, the MAC path reaches
-            the target.
+        rho_update_every: steps between ρ updates with a budget (None: 1/200 of the controlled span).
+        reach_fraction: where, between the end of the ρ warm-up and the last step, the cost path reaches
+            the budget.
+        cost_model: prices the units and totals specs (:data:`~hrnas.space.cost_model.MAC_COST`).
 
     Raises:
-        ValueError: bad arguments; :class:`~hrnas.search.budget.BudgetError` for an unreachable target.
+        ValueError: bad arguments; :class:`~hrnas.search.budget.BudgetError` for an unreachable budget.
     """
 
     def __init__(
@@ -113,12 +118,13 @@ class SearchController:
         rho_free_steps: int = 0,
         rho_warmup_steps: int = 0,
         shrink_every: int = 0,
-        min_saving_macs: int = 1_000_000,
-        target_macs: int | None = None,
+        min_saving: float = 1_000_000,
+        budget: float | None = None,
         total_steps: int | None = None,
         decide_on: str = "ema_and_current",
         rho_update_every: int | None = None,
         reach_fraction: float = 0.75,
+        cost_model: CostModel = MAC_COST,
     ) -> None:
         if decide_on not in MODES:
             raise ValueError(f"decide_on: unknown {decide_on!r} (known: {', '.join(MODES)})")
@@ -133,51 +139,53 @@ class SearchController:
         self.rho_free_steps = int(rho_free_steps)
         self.rho_warmup_steps = int(rho_warmup_steps)
         self.shrink_every = int(shrink_every)
-        self.min_saving_macs = int(min_saving_macs)
-        self.target_macs = None if target_macs is None else int(target_macs)
+        self.min_saving = min_saving
+        self.budget = budget
         self.total_steps = total_steps
         self.decide_on = decide_on
         self.ema = ema
+        self.cost_model = cost_model
         self.num_shrinks = 0
         self.last_rho = 0.0
-        self._penalty = ResourcePenalty(model, spec, self.input_size, self.threshold)
+        self._penalty = ResourcePenalty(model, spec, self.input_size, self.threshold, cost_model=cost_model)
         self.rho_controller: RhoController | None = None
-        if self.target_macs is not None:
+        if self.budget is not None:
             if total_steps is None:
-                raise ValueError("target_macs needs total_steps (the path to the target spans the run)")
+                raise ValueError("a budget needs total_steps (the path to the budget spans the run)")
             if not self.rho > 0:
-                raise ValueError("target_macs needs rho > 0 as the starting value of the adapted rho")
-            floor = min_reachable_macs(spec, self.input_size)
-            if self.target_macs < floor:
+                raise ValueError("a budget needs rho > 0 as the starting value of the adapted rho")
+            floor = min_reachable_cost(spec, self.input_size, cost_model)
+            if self.budget < floor:
+                unit = cost_model.unit
                 raise BudgetError(
-                    f"target_macs={self.target_macs} is below the minimum reachable cost {floor} "
-                    f"MACs at {self.input_size[0]}x{self.input_size[1]}"
+                    f"the budget {self.budget} {unit} is below the minimum reachable cost {floor} {unit} at "
+                    f"{self.input_size[0]}x{self.input_size[1]}"
                 )
             start = self.rho_warmup_steps
             end = max(start + 1, start + round(reach_fraction * (int(total_steps) - start)))
             every = rho_update_every or max(1, (end - start) // 200)
             self.rho_controller = RhoController(
-                self.rho, cost(spec, self.input_size).macs, self.target_macs, start, end, update_every=every
+                self.rho, cost_model.total(spec, self.input_size), self.budget, start, end, update_every=every
             )
 
     # --- penalty ------------------------------------------------------------------------------------
     @property
     def normalizer(self) -> float:
-        """Z of the penalty (MACs), fixed for the run."""
+        """Z of the penalty (in the cost model's unit), fixed for the run."""
         return self._penalty.normalizer
 
     def current_rho(self) -> float:
-        """The full ρ now (adapted when a target is set)."""
+        """The full ρ now (adapted when a budget is set)."""
         return self.rho_controller.rho if self.rho_controller is not None else self.rho
 
     def penalty(self, model: nn.Module, step: int) -> Tensor:
         """``ρ(step)·Σπ|γ|`` (0-d, differentiable w.r.t. the γ; a constant 0 while ρ(step) = 0).
 
-        ``step`` = optimizer steps already taken. With a target, ρ is updated first when due, from the
-        MACs the network would have after a shrink now (read from ``model`` and the EMA).
+        ``step`` = optimizer steps already taken. With a budget, ρ is updated first when due, from the
+        cost the network would have after a shrink now (read from ``model`` and the EMA).
         """
         if self.rho_controller is not None and self.rho_controller.due(step):
-            self.rho_controller.update(step, self.predicted_macs(model))
+            self.rho_controller.update(step, self.predicted_cost(model))
         rho_t = rho_at(step, self.current_rho(), self.rho_free_steps, self.rho_warmup_steps)
         self.last_rho = rho_t
         if rho_t == 0.0:
@@ -193,26 +201,27 @@ class SearchController:
         return self.decide_on
 
     def decide(self, model: nn.Module, final: bool = False) -> Keep:
-        """The keep decision a shrink would use now: the alive units; with a target, never fewer than
-        the budget needs (when more died, the most important |γ|/MAC units up to the budget), and at the
-        ``final`` shrink pruned down to the budget. Nothing is mutated."""
+        """The keep decision a shrink would use now: the alive units; with a budget, never fewer than
+        the budget needs (when more died, the most important units by |γ| per cost up to the budget), and
+        at the ``final`` shrink pruned down to the budget. Nothing is mutated."""
         mode = self._mode(final)
         ema_module = None if self.ema is None else self.ema.module
         keep = alive_masks(model, self.spec, self.threshold, ema_module, mode)
-        if self.target_macs is not None:
+        if self.budget is not None:
             ranking = ema_module if mode == "ema" and ema_module is not None else model
-            undershoot = cost(kept_spec(self.spec, keep), self.input_size).macs < self.target_macs
+            cm = self.cost_model
+            undershoot = cm.total(kept_spec(self.spec, keep), self.input_size) < self.budget
             if undershoot:
-                # more units died than the budget asks for: never go below the target; keep the most
-                # important units (by |γ| per MAC) up to the budget, near-dead ones included
-                keep = prune_to_budget(ranking, self.spec, self.target_macs, self.input_size, None)
+                # more units died than the budget asks for: never go below it; keep the most important
+                # units (by |γ| per cost) up to the budget, near-dead ones included
+                keep = prune_to_budget(ranking, self.spec, self.budget, self.input_size, None, cost_model=cm)
             elif final:
-                keep = prune_to_budget(ranking, self.spec, self.target_macs, self.input_size, keep)
+                keep = prune_to_budget(ranking, self.spec, self.budget, self.input_size, keep, cost_model=cm)
         return keep
 
-    def predicted_macs(self, model: nn.Module) -> int:
-        """MACs (at the penalty input size) of the network a non-final shrink would leave now."""
-        return cost(kept_spec(self.spec, self.decide(model)), self.input_size).macs
+    def predicted_cost(self, model: nn.Module) -> float:
+        """Cost (at the penalty input size) of the network a non-final shrink would leave now."""
+        return self.cost_model.total(kept_spec(self.spec, self.decide(model)), self.input_size)
 
     def should_shrink(self, step: int) -> bool:
         """True every ``shrink_every`` steps (``step`` = optimizer steps taken, > 0)."""
@@ -227,23 +236,24 @@ class SearchController:
         final: bool = False,
         sync: Callable[[Any], Any] | None = None,
     ) -> ShrinkResult:
-        """Remove the dead units if that saves at least ``min_saving_macs`` (any saving when ``final``).
+        """Remove the dead units if that saves at least ``min_saving`` (any saving when ``final``).
 
         Args:
             model: the trained model (possibly DDP-wrapped); not modified.
             optimizer: its optimizer; not modified (a remapped one is returned).
             ema: the EMA (or None); its shadow is replaced by the shrunk shadow (mutated).
             step: optimizer steps taken (for the record).
-            final: the last shrink of the run: EMA-only decision, budget pruning with a target.
+            final: the last shrink of the run: EMA-only decision, pruning to the budget when one is set.
             sync: maps the plain keep decision (:func:`keep_to_lists`) to the one to apply, e.g.
                 ``hrnas.utils.distributed.broadcast_object`` so that every rank applies rank 0's.
 
         Returns:
             :class:`ShrinkResult` with the new spec, a bare (unwrapped) new model in the old model's
             device/dtype/mode, the remapped optimizer, the EMA and a JSON-able record: ``step``,
-            ``final``, ``shrunk``, ``decide_on``, ``macs_before``, ``macs``, ``params``, ``saving_macs``,
-            ``target_macs``, ``input_size``, ``rho`` (full), ``rho_t`` (scheduled), ``blocks``
-            (:func:`architecture_record`). The controller's spec and penalty follow the new model.
+            ``final``, ``shrunk``, ``decide_on``, ``macs_before``, ``macs``, ``params``, ``saving_macs``
+            (MACs and parameters, whatever the cost model), ``target_macs`` (the budget, None without),
+            ``input_size``, ``rho`` (full), ``rho_t`` (scheduled), ``blocks`` (:func:`architecture_record`).
+            The controller's spec and penalty follow the new model.
         """
         if ema is not None:
             self.ema = ema
@@ -251,10 +261,11 @@ class SearchController:
         keep = self.decide(model, final)
         if sync is not None:
             keep = keep_from_lists(sync(keep_to_lists(keep)))
-        before = cost(self.spec, self.input_size)
-        after = cost(kept_spec(self.spec, keep), self.input_size)
-        saving = before.macs - after.macs
-        do_shrink = saving > 0 and (final or saving >= self.min_saving_macs)
+        kept = kept_spec(self.spec, keep)
+        cm = self.cost_model
+        saving = cm.total(self.spec, self.input_size) - cm.total(kept, self.input_size)
+        do_shrink = saving > 0 and (final or saving >= self.min_saving)
+        before, after = cost(self.spec, self.input_size), cost(kept, self.input_size)
         record: dict[str, Any] = {
             "step": int(step),
             "final": bool(final),
@@ -263,8 +274,8 @@ class SearchController:
             "macs_before": before.macs,
             "macs": after.macs if do_shrink else before.macs,
             "params": after.params if do_shrink else before.params,
-            "saving_macs": saving,
-            "target_macs": self.target_macs,
+            "saving_macs": before.macs - after.macs,
+            "target_macs": self.budget,
             "input_size": list(self.input_size),
             "rho": self.current_rho(),
             "rho_t": rho_at(step, self.current_rho(), self.rho_free_steps, self.rho_warmup_steps),
@@ -287,7 +298,7 @@ class SearchController:
     # --- checkpointing ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Plain state to checkpoint with the model: ``normalizer`` (Z), ``num_shrinks`` and the ρ
-        controller's state (None without a target). The spec is checkpointed by the caller."""
+        controller's state (None without a budget). The spec is checkpointed by the caller."""
         return {
             "normalizer": self.normalizer,
             "num_shrinks": self.num_shrinks,
@@ -297,10 +308,12 @@ class SearchController:
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
         """Restore from :meth:`state_dict`; ``model`` is the (possibly shrunk) model of ``self.spec``."""
         search_blocks(model, self.spec)
-        self._penalty = ResourcePenalty(model, self.spec, self.input_size, self.threshold, float(state["normalizer"]))
+        self._penalty = ResourcePenalty(
+            model, self.spec, self.input_size, self.threshold, float(state["normalizer"]), self.cost_model
+        )
         self.num_shrinks = int(state["num_shrinks"])
         rc = state.get("rho_controller")
         if rc is not None:
             if self.rho_controller is None:
-                raise ValueError("the saved search had a MAC target, this controller has none")
+                raise ValueError("the saved search had a budget, this controller has none")
             self.rho_controller.load_state_dict(rc)

@@ -9,7 +9,8 @@ Every search block contributes two kinds of units:
   transformer's ``input_norm``.
 
 Units are derived from the :class:`~hrnas.space.spec.NetSpec` alone (block paths, widths, kernel sizes,
-input sizes from :func:`~hrnas.space.cost.iter_blocks`); modules are found with
+input sizes from :func:`~hrnas.space.cost.iter_blocks`) and priced by a
+:class:`~hrnas.space.cost_model.CostModel` (MACs by default); modules are found with
 :func:`~hrnas.space.network.block_modules`, never by matching parameter names.
 """
 
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hrnas.space.cost import channel_unit_macs, iter_blocks, query_unit_macs
+from hrnas.space.cost import iter_blocks
+from hrnas.space.cost_model import MAC_COST, CostModel
 from hrnas.space.layers import SearchBlock
 from hrnas.space.network import HRNet, block_modules
 from hrnas.space.spec import BlockSpec, NetSpec
@@ -46,15 +48,16 @@ __all__ = [
 class KernelGroup:
     """The channels of one kernel size in a block: ``dw_bn`` entries ``[start, stop)``.
 
-    ``unit_macs`` is the cost of one of its channels (MACs, at the input size the units were collected
-    for): C_in·A_in + k²·A_out + C_out·A_out (spec §4.3).
+    ``unit_cost`` is the price of one of its channels (:meth:`CostModel.channel_price` at the block's
+    widths and the input size the units were collected for; with MACs C_in·A_in + k²·A_out + C_out·A_out,
+    spec §4.3).
     """
 
     index: int
     kernel_size: int
     start: int
     stop: int
-    unit_macs: int
+    unit_cost: float
 
     @property
     def size(self) -> int:
@@ -72,6 +75,7 @@ class BlockUnits:
         in_hw: (H, W) of the block's input at the collection input size.
         groups: the non-empty kernel groups, in ``dw_bn`` order.
         grid: token grid side of the transformer (spec §3).
+        cost_model: the model that priced the units (and prices the queries).
     """
 
     path: str
@@ -79,6 +83,7 @@ class BlockUnits:
     in_hw: HW
     groups: tuple[KernelGroup, ...]
     grid: int
+    cost_model: CostModel = MAC_COST
 
     @property
     def num_channels(self) -> int:
@@ -90,18 +95,17 @@ class BlockUnits:
         """Queries of the block's transformer (0 when it has none)."""
         return self.block.num_queries
 
-    def channel_macs(self) -> Tensor:
-        """(num_channels,) int64: MACs of each hidden channel, in ``dw_bn`` order."""
-        out = torch.empty(self.num_channels, dtype=torch.int64)
+    def channel_costs(self) -> Tensor:
+        """(num_channels,) float64: the price of each hidden channel, in ``dw_bn`` order."""
+        out = torch.empty(self.num_channels, dtype=torch.float64)
         for g in self.groups:
-            out[g.start : g.stop] = g.unit_macs
+            out[g.start : g.stop] = g.unit_cost
         return out
 
-    def query_macs(self, alive: int) -> int:
-        """Marginal MACs of one query when ``alive`` queries are in use: F(n) − F(n − 1) of spec §3.5 at
-        n = max(alive, 1) (the cost of the last query includes its share of the n² attention term)."""
-        n = max(int(alive), 1)
-        return query_unit_macs(self.block.in_channels, self.block.out_channels, n, self.grid)
+    def query_cost(self, alive: int) -> float:
+        """Price of one query when ``alive`` queries are in use, at n = max(alive, 1) (with MACs the
+        marginal F(n) − F(n − 1) of spec §3.5, which includes the query's share of the n² attention term)."""
+        return self.cost_model.query_price(self.block, self.in_hw, max(int(alive), 1), self.grid)
 
 
 @dataclass(frozen=True)
@@ -148,8 +152,8 @@ def search_blocks(model: nn.Module, spec: NetSpec) -> dict[str, SearchBlock]:
     return out
 
 
-def collect_units(spec: NetSpec, input_size: HW) -> dict[str, BlockUnits]:
-    """The searchable units of every block of ``spec`` with their costs at ``input_size`` (H, W).
+def collect_units(spec: NetSpec, input_size: HW, cost_model: CostModel = MAC_COST) -> dict[str, BlockUnits]:
+    """The searchable units of every block of ``spec``, priced by ``cost_model`` at ``input_size`` (H, W).
 
     Blocks without channels or queries are included (with no groups and 0 queries) so that the result
     has one entry per block, in the order of :meth:`NetSpec.blocks`.
@@ -160,9 +164,10 @@ def collect_units(spec: NetSpec, input_size: HW) -> dict[str, BlockUnits]:
         groups = []
         start = 0
         for i, (k, h) in enumerate(zip(built.kernel_sizes, built.hidden, strict=True)):
-            groups.append(KernelGroup(i, k, start, start + h, channel_unit_macs(built, in_hw, k)))
+            groups.append(KernelGroup(i, k, start, start + h, cost_model.channel_price(built, in_hw, k)))
             start += h
-        out[path] = BlockUnits(path, built, (int(in_hw[0]), int(in_hw[1])), tuple(groups), spec.token_grid)
+        hw = (int(in_hw[0]), int(in_hw[1]))
+        out[path] = BlockUnits(path, built, hw, tuple(groups), spec.token_grid, cost_model)
     return out
 
 

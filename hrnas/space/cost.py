@@ -6,6 +6,10 @@ counted (as in the authors' profiler). Parameters are ``sum(p.numel() for p in m
 of the model that :func:`hrnas.space.network.build_model` builds, buffers excluded.
 
 Resolution rules (spec §2.1): a stride-2 layer maps a side ``h`` to ``(h − 1) // 2 + 1``.
+
+The search does not call these functions: it asks a :class:`~hrnas.space.cost_model.CostModel`, whose
+default :class:`~hrnas.space.cost_model.MacCost` delegates here (:func:`channel_unit_macs`,
+:func:`query_unit_macs`, :func:`cost`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MAC budgets: pruning to a target lands in [0.97, 1.0]·target; the ρ controller steers towards a path."""
+"""Budgets (MACs): pruning to a budget lands in [0.97, 1.0]·budget; the ρ controller steers towards a path."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from hrnas.search.budget import BudgetError, RhoController, min_reachable_macs, prune_to_budget
+from hrnas.search.budget import BudgetError, RhoController, min_reachable_cost, prune_to_budget
 from hrnas.search.shrink import alive_masks, kept_spec, shrink
 from hrnas.space.cost import cost
 from hrnas.space.network import block_modules
@@ -19,7 +19,7 @@ SIZE = (48, 48)
 @pytest.mark.parametrize("fraction", [0.9, 0.6, 0.3, 0.05])
 def test_prune_to_budget_lands_in_the_window(name, fraction, make_net):
     spec, model = make_net(name, dtype=torch.float32)
-    total, floor = cost(spec, SIZE).macs, min_reachable_macs(spec, SIZE)
+    total, floor = cost(spec, SIZE).macs, min_reachable_cost(spec, SIZE)
     target = int(floor + fraction * (total - floor))
     keep = prune_to_budget(model, spec, target, SIZE)
     macs = cost(kept_spec(spec, keep), SIZE).macs
@@ -71,8 +71,8 @@ def test_prune_to_budget_respects_a_prior_keep_and_fits_already(make_net):
 
 def test_unreachable_target_names_both_numbers(make_net):
     spec, model = make_net("test_cls", dtype=torch.float32)
-    floor = min_reachable_macs(spec, SIZE)
-    with pytest.raises(BudgetError, match=rf"target_macs=1000 .* minimum reachable cost {floor} MACs"):
+    floor = min_reachable_cost(spec, SIZE)
+    with pytest.raises(BudgetError, match=rf"the budget 1000 MACs is below the minimum reachable cost {floor} MACs"):
         prune_to_budget(model, spec, 1000, SIZE)
     keep = prune_to_budget(model, spec, floor, SIZE)  # the floor itself is reachable
     assert cost(kept_spec(spec, keep), SIZE).macs == floor
@@ -80,10 +80,10 @@ def test_unreachable_target_names_both_numbers(make_net):
 
 
 def test_rho_controller_path_and_direction():
-    ctl = RhoController(1e-3, start_macs=1000, target_macs=250, start_step=100, end_step=300, max_factor=1.5)
-    assert ctl.path_macs(0) == 1000 and ctl.path_macs(100) == 1000
-    assert ctl.path_macs(200) == pytest.approx(500)
-    assert ctl.path_macs(300) == pytest.approx(250) and ctl.path_macs(1000) == pytest.approx(250)
+    ctl = RhoController(1e-3, start_cost=1000, target_cost=250, start_step=100, end_step=300, max_factor=1.5)
+    assert ctl.path_cost(0) == 1000 and ctl.path_cost(100) == 1000
+    assert ctl.path_cost(200) == pytest.approx(500)
+    assert ctl.path_cost(300) == pytest.approx(250) and ctl.path_cost(1000) == pytest.approx(250)
     assert not ctl.due(99) and ctl.due(100)
     assert ctl.update(200, 600) == pytest.approx(1.2e-3)  # 20 % above the path: ρ × 1.2
     assert not ctl.due(200)
@@ -96,13 +96,20 @@ def test_rho_controller_path_and_direction():
     other = RhoController(1.0, 10, 5, 0, 1)
     other.load_state_dict(state)
     assert other.state_dict() == state
+    legacy = {("start_macs" if k == "start_cost" else "target_macs" if k == "target_cost" else k): v
+              for k, v in state.items()}  # the keys of checkpoints written before costs were cost-neutral
+    older = RhoController(1.0, 10, 5, 0, 1)
+    older.load_state_dict(legacy)
+    assert older.state_dict() == state
+    with pytest.raises(KeyError, match="unknown"):
+        older.load_state_dict({"path_cost": 3})
     with pytest.raises(ValueError, match="rho > 0"):
         RhoController(0.0, 10, 5, 0, 1)
 
 
 def test_rho_controller_steers_a_simulated_search():
     # a plant whose MACs relax towards a level that decreases with ρ: the controller must track the path
-    ctl = RhoController(1e-4, start_macs=1_000_000, target_macs=400_000, start_step=0, end_step=300)
+    ctl = RhoController(1e-4, start_cost=1_000_000, target_cost=400_000, start_step=0, end_step=300)
     macs = 1_000_000.0
     for step in range(400):
         if ctl.due(step):

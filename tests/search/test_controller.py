@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hrnas.engine.optim import param_groups
-from hrnas.search.budget import BudgetError, min_reachable_macs
+from hrnas.search.budget import BudgetError, min_reachable_cost
 from hrnas.search.controller import SearchController
 from hrnas.search.shrink import keep_from_lists
 from hrnas.space.cost import cost
@@ -23,7 +23,7 @@ def setup(make_net, name="test_seg", **kw):
     model.train()
     ema = ModelEma(model, decay=0.5, warmup_cap=False)
     optimizer = torch.optim.AdamW(param_groups(model, 1e-4), lr=1e-3)
-    args = dict(threshold=1e-3, rho=1e-3, min_saving_macs=0)
+    args = dict(threshold=1e-3, rho=1e-3, min_saving=0)
     args.update(kw)
     ctl = SearchController(model, spec, optimizer, ema, SIZE, **args)
     return spec, model, ema, optimizer, ctl
@@ -46,7 +46,7 @@ def test_should_shrink_cadence(make_net):
 
 
 def test_shrink_now_replaces_model_optimizer_and_ema(make_net):
-    spec, model, ema, optimizer, ctl = setup(make_net, min_saving_macs=10**12)
+    spec, model, ema, optimizer, ctl = setup(make_net, min_saving=10**12)
     step(model, optimizer, ctl, ema, 0)
     path = "stages[1].parallel[1][0]"
     with torch.no_grad():
@@ -57,7 +57,7 @@ def test_shrink_now_replaces_model_optimizer_and_ema(make_net):
     assert not res.shrunk and res.model is model and res.optimizer is optimizer and res.spec is spec
     assert res.record["saving_macs"] > 0
 
-    ctl.min_saving_macs = 0
+    ctl.min_saving = 0
     res = ctl.shrink_now(model, optimizer, ema, step=2)
     assert res.shrunk and res.model is not model and ctl.spec is res.spec
     record = json.loads(json.dumps(res.record))
@@ -94,7 +94,7 @@ def test_ema_and_current_rule_and_final_uses_the_ema(make_net):
 def test_final_shrink_meets_the_target_and_sync_decides(make_net):
     spec, model, ema, optimizer, _ = setup(make_net)
     target = int(0.6 * cost(spec, SIZE).macs)
-    ctl = SearchController(model, spec, optimizer, ema, SIZE, rho=1e-3, target_macs=target, total_steps=100)
+    ctl = SearchController(model, spec, optimizer, ema, SIZE, rho=1e-3, budget=target, total_steps=100)
     seen = []
 
     def sync(obj):
@@ -111,13 +111,13 @@ def test_final_shrink_meets_the_target_and_sync_decides(make_net):
 
 def test_bad_arguments(make_net):
     spec, model, ema, optimizer, _ = setup(make_net)
-    floor = min_reachable_macs(spec, SIZE)
+    floor = min_reachable_cost(spec, SIZE)
     with pytest.raises(BudgetError, match=str(floor)):
-        SearchController(model, spec, optimizer, ema, SIZE, rho=1e-3, target_macs=floor - 1, total_steps=10)
+        SearchController(model, spec, optimizer, ema, SIZE, rho=1e-3, budget=floor - 1, total_steps=10)
     with pytest.raises(ValueError, match="total_steps"):
-        SearchController(model, spec, optimizer, ema, SIZE, rho=1e-3, target_macs=floor + 1)
+        SearchController(model, spec, optimizer, ema, SIZE, rho=1e-3, budget=floor + 1)
     with pytest.raises(ValueError, match="rho > 0"):
-        SearchController(model, spec, optimizer, ema, SIZE, target_macs=floor + 1, total_steps=10)
+        SearchController(model, spec, optimizer, ema, SIZE, budget=floor + 1, total_steps=10)
     with pytest.raises(ValueError, match="decide_on"):
         SearchController(model, spec, optimizer, ema, SIZE, decide_on="never")
 
@@ -125,10 +125,10 @@ def test_bad_arguments(make_net):
 def test_state_dict_round_trip(make_net):
     spec, model, ema, optimizer, _ = setup(make_net)
     target = int(0.6 * cost(spec, SIZE).macs)
-    ctl = SearchController(model, spec, optimizer, ema, SIZE, rho=1e-3, target_macs=target, total_steps=100)
+    ctl = SearchController(model, spec, optimizer, ema, SIZE, rho=1e-3, budget=target, total_steps=100)
     ctl.rho_controller.update(10, 10**9)
     state = json.loads(json.dumps(ctl.state_dict()))
-    again = SearchController(model, spec, optimizer, ema, SIZE, rho=1e-3, target_macs=target, total_steps=100)
+    again = SearchController(model, spec, optimizer, ema, SIZE, rho=1e-3, budget=target, total_steps=100)
     again.load_state_dict(state, model)
     assert again.current_rho() == ctl.current_rho() != 1e-3
     assert again.normalizer == ctl.normalizer
@@ -148,8 +148,8 @@ def test_short_search_with_target(make_net):
         rho_free_steps=2,
         rho_warmup_steps=6,
         shrink_every=8,
-        min_saving_macs=0,
-        target_macs=target,
+        min_saving=0,
+        budget=target,
         total_steps=total,
     )
     records = []

@@ -35,7 +35,7 @@ def test_mid_search_shrink_of_a_detector_returns_a_detector_that_trains_on():
     model = build_detector(spec, pillars, AnchorConfig(KITTI_ANCHOR_CLASSES, RANGE), init="default").train()
     ema = ModelEma(model, decay=0.5, warmup_cap=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ctl = SearchController(model, spec, optimizer, ema, (32, 32), threshold=1e-3, rho=1e-3, min_saving_macs=0)
+    ctl = SearchController(model, spec, optimizer, ema, (32, 32), threshold=1e-3, rho=1e-3, min_saving=0)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for net in (model, ema.module):

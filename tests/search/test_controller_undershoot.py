@@ -25,8 +25,8 @@ def test_mass_death_is_clamped_to_the_budget() -> None:
         threshold=1e-3,
         rho=1e-3,
         shrink_every=1,
-        min_saving_macs=0,
-        target_macs=target,
+        min_saving=0,
+        budget=target,
         total_steps=10,
     )
     with torch.no_grad():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hrnas.search.budget import min_reachable_macs, prune_to_budget
+from hrnas.search.budget import min_reachable_cost, prune_to_budget
 from hrnas.search.shrink import BlockKeep, kept_spec, shrink
 from hrnas.search.units import collect_units, read_factors, search_blocks
 from hrnas.space.cost import cost
@@ -22,7 +22,7 @@ def test_units_cover_every_block_at_the_full_grid():
     assert list(units) == [p for p, _ in spec.blocks()]
     first = units["stages[0].parallel[0][0]"]  # 24 → 24 at branch 0 = the 248×216 anchor grid
     assert first.in_hw == (248, 216)
-    assert [g.unit_macs for g in first.groups] == [(24 + k * k + 24) * 248 * 216 for k in (3, 5, 7)]
+    assert [g.unit_cost for g in first.groups] == [(24 + k * k + 24) * 248 * 216 for k in (3, 5, 7)]
     transform = units["head.transform"]
     assert transform.in_hw == (248, 216) and transform.num_channels == 270 and transform.num_queries == 0
     assert sum(u.num_queries for u in units.values()) == 64 * sum(1 for _, b in spec.blocks() if b.residual)
@@ -56,7 +56,7 @@ def test_shrink_of_dead_units_keeps_outputs_and_cost_exact(make_net):
 
 def test_budget_pruning_reaches_a_quarter_of_pointpillars():
     spec, target = get_spec(NAME), cost(get_spec("pointpillars_bev"), GRID).macs // 4
-    assert min_reachable_macs(spec, GRID) < target
+    assert min_reachable_cost(spec, GRID) < target
     torch.manual_seed(0)
     keep = prune_to_budget(build_model(spec), spec, target, GRID)
     assert 0.97 * target <= cost(kept_spec(spec, keep), GRID).macs <= target

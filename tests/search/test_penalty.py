@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hrnas.search.controller import SearchController
-from hrnas.search.penalty import ResourcePenalty, mean_unit_macs
+from hrnas.search.penalty import ResourcePenalty, mean_unit_cost
 from hrnas.search.units import collect_units, read_factors
 from hrnas.space.network import block_modules
 from hrnas.space.zoo import get_spec
@@ -153,7 +153,7 @@ def test_rebuild_keeps_z(make_net):
 def test_normaliser_matches_the_papers_code_at_224(name, z, pi_min, pi_max, groups):
     # spec §4.3 [run]: channels only (the authors' code never builds its transformers), profiled at 224²
     units = collect_units(get_spec(name, transformer=False), (224, 224))
-    assert mean_unit_macs(units) == pytest.approx(z, abs=0.5)
-    pis = [g.unit_macs / mean_unit_macs(units) for u in units.values() for g in u.groups]
+    assert mean_unit_cost(units) == pytest.approx(z, abs=0.5)
+    pis = [g.unit_cost / mean_unit_cost(units) for u in units.values() for g in u.groups]
     assert len(pis) == groups
     assert min(pis) == pytest.approx(pi_min, abs=0.005) and max(pis) == pytest.approx(pi_max, abs=0.005)

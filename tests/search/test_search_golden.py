@@ -49,7 +49,7 @@ def run_search(run_dir: Path) -> list[dict[str, Any]]:
     target = int(0.55 * cost(spec, SIZE).macs)
     ctl = SearchController(
         model, spec, optimizer, ema, SIZE, threshold=2e-2, rho=0.5, rho_free_steps=2, rho_warmup_steps=6,
-        shrink_every=15, min_saving_macs=0, target_macs=target, total_steps=STEPS,
+        shrink_every=15, min_saving=0, budget=target, total_steps=STEPS,
     )
     batches = [_data(gen) for _ in range(4)]
     log = []
