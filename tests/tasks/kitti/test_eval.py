@@ -613,3 +613,12 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main([str(labels), str(results), "--classes", "Bus"]) == 2
     assert main(["--help"]) == 0
     capsys.readouterr()
+
+
+def test_kitti_eval_is_an_hrnas_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from hrnas.cli import main as hrnas_main
+
+    labels, results = _write_split(tmp_path, 5)
+    assert hrnas_main(["kitti-eval", str(labels), str(results), "--json", "--classes", "Car"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"Car"} and out["Car"]["3d"]["R40"][1] > 0
