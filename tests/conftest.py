@@ -1,4 +1,8 @@
-"""Fixtures shared across the test tree."""
+"""Fixtures shared across the test tree.
+
+Importing :mod:`hrnas.demos` registers the data generators (the demo scenes) that the tasks' ``demo`` data
+format asks for, as the command line does before every command.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import hrnas.demos  # noqa: F401  (registers the data generators)
 from hrnas.data.fashion_mnist import SPLIT_FILES
 
 

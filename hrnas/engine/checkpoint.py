@@ -134,7 +134,7 @@ def load_checkpoint(path: str | os.PathLike[str], expect_task: str | None = None
     Raises:
         CheckpointError: missing file (``{path}: no such checkpoint``), not a checkpoint (unreadable,
             not a dict, or without the format marker), newer format, or task mismatch
-            (``{path}: checkpoint is for task 'segmentation', not 'classification'``).
+            (``{path}: checkpoint is for task 'A', not 'B'``).
     """
     path = Path(path)
     if not path.exists():

@@ -1,8 +1,10 @@
 """Typed run configs: dataclasses loaded from YAML with strict keys (HR-NAS recipes, spec §5).
 
-A run is described by one :class:`RunConfig` made of eight sections (``task``, ``model``, ``data``,
-``optim``, ``schedule``, ``train``, ``search``, and ``detection`` for LiDAR detection). Configs are read
-from YAML files or from the presets
+A run is described by one :class:`RunConfig` made of seven sections (``task``, ``model``, ``data``,
+``optim``, ``schedule``, ``train``, ``search``). The ``task`` section belongs to the task it names:
+``task.name`` picks a registered task (:mod:`hrnas.tasks.base`) and the rest of the section is read into
+that task's options dataclass (``Task.options``, a :class:`~hrnas.tasks.options.TaskOptions`), so
+``cfg.task`` is the task's own options object. Configs are read from YAML files or from the presets
 shipped in ``hrnas/configs/<name>.yaml`` and validated field by field:
 
 - an unknown key is an error that names its dotted path, where it was written and the valid keys:
@@ -10,7 +12,9 @@ shipped in ``hrnas/configs/<name>.yaml`` and validated field by field:
 - a value of the wrong type is an error naming the key and the expected type. Ints are accepted for
   floats, strings such as ``1e-3`` (which YAML 1.1 reads as text) are parsed as floats, and MAC budgets
   accept human sizes (``300M``, ``1.4G``);
-- malformed YAML is an error naming the file and line.
+- malformed YAML is an error naming the file and line;
+- a key that an older layout used and a task's options replaced (``TaskOptions.legacy_keys``) is an
+  error saying what to rename it to.
 
 A config may start with ``base: <preset name or relative path>`` to inherit another one; mappings are
 merged key by key, everything else (lists included) is replaced. ``--set a.b=c`` overrides are applied
@@ -28,7 +32,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -36,18 +40,18 @@ from typing import Any
 
 import yaml
 
+from hrnas.tasks.base import DEFAULT_TASK, TaskError, task_class, task_classes, task_names
+from hrnas.tasks.options import TaskOptions, option
 from hrnas.utils.atomic import atomic_write_text
 
 __all__ = [
     "ConfigError",
     "DataConfig",
-    "DetectionConfig",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
     "ScheduleConfig",
     "SearchConfig",
-    "TaskConfig",
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
@@ -63,51 +67,6 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A run config is malformed; the message says where (file:line or ``--set``) and which key."""
-
-
-def _opt(default: Any, *, choices: Sequence[str] | None = None, length: int | None = None,
-         minimum: float | None = None, maximum: float | None = None, macs: bool = False) -> Any:
-    """A dataclass field with validation metadata (choices, fixed tuple length, bounds, MAC sizes)."""
-    meta = {"choices": tuple(choices) if choices else None, "length": length, "minimum": minimum,
-            "maximum": maximum, "macs": macs}
-    return field(default=default, metadata=meta)
-
-
-TASKS = ("segmentation", "classification", "keypoints", "kitti")
-DATA_FORMATS = ("cityscapes", "ade20k", "folder", "demo", "imagefolder", "fashion_mnist", "coco_keypoints",
-                "kitti")
-
-
-@dataclass(frozen=True)
-class TaskConfig:
-    """What is learnt and how it is evaluated.
-
-    Attributes:
-        name: ``segmentation`` | ``classification`` | ``keypoints`` | ``kitti`` (LiDAR 3D detection,
-            ``hrnas.tasks.kitti``); picks the head, loss and metric.
-        num_classes: output classes (segmentation/classification) or joints (keypoints); 0 = take it
-            from the dataset.
-        ignore_index: label value excluded from the segmentation loss and metric (255 in Cityscapes
-            trainIds and in ADE20K after ``reduce_zero_label``).
-        label_smoothing: ε of the label-smoothed cross-entropy used for training (classification;
-            0.1 in the ImageNet recipes); validation always uses plain cross-entropy.
-        heatmap_sigma: standard deviation, in heatmap pixels, of the Gaussian keypoint targets.
-        flip_test: average predictions with those of the horizontally flipped input at evaluation
-            (keypoints: heatmaps swapped left/right and shifted by one pixel).
-        eval_mode: dense evaluation on the ``whole`` image or by ``slide`` window of ``eval_crop``.
-        eval_crop: ``[h, w]`` window for ``slide`` evaluation; required then, ignored otherwise.
-        eval_scales: image scales averaged at evaluation (``[1.0]`` = single scale).
-    """
-
-    name: str = _opt("segmentation", choices=TASKS)
-    num_classes: int = _opt(0, minimum=0)
-    ignore_index: int = 255
-    label_smoothing: float = _opt(0.0, minimum=0.0, maximum=1.0)
-    heatmap_sigma: float = _opt(2.0, minimum=0.0)
-    flip_test: bool = False
-    eval_mode: str = _opt("whole", choices=("whole", "slide"))
-    eval_crop: tuple[int, ...] | None = _opt(None, length=2, minimum=1)
-    eval_scales: tuple[float, ...] = _opt((1.0,), minimum=0.0)
 
 
 @dataclass(frozen=True)
@@ -130,10 +89,10 @@ class ModelConfig:
 
     spec: str = ""
     transformer: bool = True
-    num_queries: int = _opt(0, minimum=0)
-    activation: str = _opt("relu", choices=("relu", "swish"))
-    dropout: float | None = _opt(None, minimum=0.0, maximum=1.0)
-    init: str = _opt("mnas", choices=("mnas", "default"))
+    num_queries: int = option(0, minimum=0)
+    activation: str = option("relu", choices=("relu", "swish"))
+    dropout: float | None = option(None, minimum=0.0, maximum=1.0)
+    init: str = option("mnas", choices=("mnas", "default"))
 
 
 @dataclass(frozen=True)
@@ -141,43 +100,33 @@ class DataConfig:
     """Where the data comes from and how it is batched and augmented.
 
     Attributes:
-        format: dataset reader: ``cityscapes`` | ``ade20k`` | ``folder`` (image/mask folders) | ``demo``
-            (the scenes of ``hrnas.data.demo_scenes``, generated under ``root``) | ``imagefolder`` |
-            ``fashion_mnist`` | ``coco_keypoints`` | ``kitti``.
-        root: dataset root directory ("" = the reader's default location, e.g. the Fashion-MNIST cache).
+        format: dataset reader, one of the task's ``data_formats`` (each task package documents its
+            own; ``demo`` = the generated demo scenes, the default).
+        root: dataset root directory ("" = the reader's default location, where it has one).
         train_split: name of the training split (e.g. ``train``, ``train2017``).
         val_split: name of the validation split (e.g. ``val``, ``val2017``).
-        crop_size: ``[h, w]`` training input size (random crop for dense tasks, random-resized crop for
-            classification, the person box size for keypoints).
-        base_size: short side, in pixels, of the reference resize applied before random scaling
-            (segmentation: 1024 Cityscapes, 512 ADE20K; also the evaluation resize) or before the center
-            crop (classification evaluation: 256 for a 224 crop); null = keep the image size.
-        scale_range: ``[lo, hi]`` random scale factor range for training augmentation (segmentation:
-            image rescale; classification: area fraction of the random-resized crop; keypoints: box
-            scale clip).
+        crop_size: ``[h, w]`` network input size in training (each task says how it makes it: a random
+            crop, a random-resized crop, a box resized, a grid of pillars).
+        base_size: short side, in pixels, of a task's reference resize (e.g. before random scaling and at
+            evaluation, or before an evaluation centre crop); null = keep the image size.
+        scale_range: ``[lo, hi]`` range of the task's random scale augmentation (an image rescale, a crop
+            area fraction or a box scale, as the task documents).
         batch_size: *global* training batch summed over all processes (each process loads
             ``batch_size // world_size``); ``optim.lr`` and the EMA decay refer to it.
         eval_batch_size: global evaluation batch (split the same way).
         workers: data-loading worker processes per training process.
-        ann_file: annotation file (COCO keypoints), relative to ``root`` unless absolute; ``{split}`` is
-            replaced by the split name (``annotations/person_keypoints_{split}.json``); null = the
-            reader's default.
-        det_file: person detections used for keypoint evaluation (relative to ``root`` unless
-            absolute); null = ground-truth boxes.
     """
 
-    format: str = _opt("demo", choices=DATA_FORMATS)
+    format: str = "demo"
     root: str = ""
     train_split: str = "train"
     val_split: str = "val"
-    crop_size: tuple[int, ...] = _opt((512, 512), length=2, minimum=1)
-    base_size: int | None = _opt(None, minimum=1)
-    scale_range: tuple[float, ...] = _opt((0.5, 2.0), length=2, minimum=0.0)
-    batch_size: int = _opt(16, minimum=1)
-    eval_batch_size: int = _opt(16, minimum=1)
-    workers: int = _opt(4, minimum=0)
-    ann_file: str | None = None
-    det_file: str | None = None
+    crop_size: tuple[int, ...] = option((512, 512), length=2, minimum=1)
+    base_size: int | None = option(None, minimum=1)
+    scale_range: tuple[float, ...] = option((0.5, 2.0), length=2, minimum=0.0)
+    batch_size: int = option(16, minimum=1)
+    eval_batch_size: int = option(16, minimum=1)
+    workers: int = option(4, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -202,15 +151,15 @@ class OptimConfig:
         nesterov: Nesterov momentum for SGD.
     """
 
-    name: str = _opt("adamw", choices=("sgd", "rmsprop", "adamw"))
-    lr: float = _opt(1e-3, minimum=0.0)
-    momentum: float = _opt(0.9, minimum=0.0, maximum=1.0)
-    weight_decay: float = _opt(0.0, minimum=0.0)
-    wd_mode: str = _opt("optimizer", choices=("optimizer", "l2_conv_linear"))
-    eps: float = _opt(1e-8, minimum=0.0)
-    betas: tuple[float, ...] = _opt((0.9, 0.999), length=2, minimum=0.0, maximum=1.0)
-    alpha: float = _opt(0.9, minimum=0.0, maximum=1.0)
-    grad_clip: float | None = _opt(None, minimum=0.0)
+    name: str = option("adamw", choices=("sgd", "rmsprop", "adamw"))
+    lr: float = option(1e-3, minimum=0.0)
+    momentum: float = option(0.9, minimum=0.0, maximum=1.0)
+    weight_decay: float = option(0.0, minimum=0.0)
+    wd_mode: str = option("optimizer", choices=("optimizer", "l2_conv_linear"))
+    eps: float = option(1e-8, minimum=0.0)
+    betas: tuple[float, ...] = option((0.9, 0.999), length=2, minimum=0.0, maximum=1.0)
+    alpha: float = option(0.9, minimum=0.0, maximum=1.0)
+    grad_clip: float | None = option(None, minimum=0.0)
     nesterov: bool = False
 
 
@@ -236,17 +185,17 @@ class ScheduleConfig:
             defaults, as in the paper's dense-task recipes).
     """
 
-    name: str = _opt("cosine", choices=("cosine", "poly", "onecycle", "step", "exp_staircase", "constant"))
-    warmup_steps: int = _opt(0, minimum=0)
-    warmup_start_factor: float = _opt(0.01, minimum=0.0, maximum=1.0)
-    poly_power: float = _opt(0.9, minimum=0.0)
-    min_lr_factor: float = _opt(0.0, minimum=0.0, maximum=1.0)
-    milestones: tuple[int, ...] = _opt((), minimum=0)
-    gamma: float = _opt(0.1, minimum=0.0)
-    decay_every: int = _opt(0, minimum=0)
-    onecycle_pct_start: float = _opt(0.3, minimum=0.0, maximum=1.0)
-    onecycle_div_factor: float = _opt(25.0, minimum=0.0)
-    onecycle_final_div_factor: float = _opt(1e4, minimum=0.0)
+    name: str = option("cosine", choices=("cosine", "poly", "onecycle", "step", "exp_staircase", "constant"))
+    warmup_steps: int = option(0, minimum=0)
+    warmup_start_factor: float = option(0.01, minimum=0.0, maximum=1.0)
+    poly_power: float = option(0.9, minimum=0.0)
+    min_lr_factor: float = option(0.0, minimum=0.0, maximum=1.0)
+    milestones: tuple[int, ...] = option((), minimum=0)
+    gamma: float = option(0.1, minimum=0.0)
+    decay_every: int = option(0, minimum=0)
+    onecycle_pct_start: float = option(0.3, minimum=0.0, maximum=1.0)
+    onecycle_div_factor: float = option(25.0, minimum=0.0)
+    onecycle_final_div_factor: float = option(1e4, minimum=0.0)
     onecycle_cycle_momentum: bool = True
 
 
@@ -271,14 +220,14 @@ class TrainConfig:
         compile: wrap the model in ``torch.compile``.
     """
 
-    steps: int = _opt(1000, minimum=1)
-    eval_every: int = _opt(1000, minimum=0)
-    log_every: int = _opt(20, minimum=1)
-    checkpoint_every: int = _opt(1000, minimum=0)
-    ema_decay: float | None = _opt(None, minimum=0.0, maximum=1.0)
-    bn_calib_batches: int = _opt(10, minimum=0)
+    steps: int = option(1000, minimum=1)
+    eval_every: int = option(1000, minimum=0)
+    log_every: int = option(20, minimum=1)
+    checkpoint_every: int = option(1000, minimum=0)
+    ema_decay: float | None = option(None, minimum=0.0, maximum=1.0)
+    bn_calib_batches: int = option(10, minimum=0)
     seed: int = 1995
-    amp: str = _opt("auto", choices=("auto", "fp32", "fp16", "bf16"))
+    amp: str = option("auto", choices=("auto", "fp32", "fp16", "bf16"))
     channels_last: bool = True
     deterministic: bool = False
     device: str = "auto"
@@ -313,71 +262,35 @@ class SearchConfig:
     """
 
     enabled: bool = False
-    rho: float = _opt(0.0, minimum=0.0)
-    rho_free_steps: int = _opt(0, minimum=0)
-    rho_warmup_steps: int = _opt(0, minimum=0)
-    threshold: float = _opt(1e-3, minimum=0.0)
-    shrink_every: int = _opt(0, minimum=0)
-    min_saving_macs: int = _opt(1_000_000, minimum=0, macs=True)
-    target_macs: int | None = _opt(None, minimum=1, macs=True)
-    penalty_input_size: tuple[int, ...] | None = _opt(None, length=2, minimum=1)
-    decide_on: str = _opt("ema_and_current", choices=("ema_and_current", "ema", "current"))
-    factor_lr_mult: float = _opt(1.0, minimum=0.0)
+    rho: float = option(0.0, minimum=0.0)
+    rho_free_steps: int = option(0, minimum=0)
+    rho_warmup_steps: int = option(0, minimum=0)
+    threshold: float = option(1e-3, minimum=0.0)
+    shrink_every: int = option(0, minimum=0)
+    min_saving_macs: int = option(1_000_000, minimum=0, macs=True)
+    target_macs: int | None = option(None, minimum=1, macs=True)
+    penalty_input_size: tuple[int, ...] | None = option(None, length=2, minimum=1)
+    decide_on: str = option("ema_and_current", choices=("ema_and_current", "ema", "current"))
+    factor_lr_mult: float = option(1.0, minimum=0.0)
 
 
-@dataclass(frozen=True)
-class DetectionConfig:
-    """LiDAR 3D detection (``task.name: kitti``): pillar grid, training augmentation, post-processing.
-
-    Defaults are OpenPCDet's ``pointpillar.yaml`` (kitti-spec §1.2). ``data.crop_size`` must be the
-    pillar grid ``[ny, nx]`` (496×432 by default), the size of the pseudo-image the backbone reads and
-    at which search costs are measured.
-
-    Attributes:
-        point_cloud_range: ``[x_min, y_min, z_min, x_max, y_max, z_max]`` metres, LiDAR frame; also the
-            span of the anchor grid.
-        voxel_size: pillar size ``[dx, dy, dz]`` in metres; ``dz`` must be the whole z extent (pillars).
-        max_points_per_pillar: point slots per pillar (first come, first kept).
-        max_pillars_train: pillars kept per training frame (first come); ``max_pillars_test`` at evaluation.
-        gt_sampling: paste ground-truth database objects into training frames (the database is built
-            once from the training split and cached under the dataset root).
-        sample_groups: objects drawn per training frame for Car, Pedestrian, Cyclist.
-        flip: random mirror across the x axis (p = 0.5).
-        rotation: random rotation about z, uniform in ``[-rotation, rotation]`` radians.
-        scaling_range: ``[lo, hi]`` of the random global scaling.
-        score_threshold: detections below this sigmoid score are dropped before the NMS.
-        nms_iou_threshold: class-agnostic rotated BEV NMS threshold.
-        nms_pre_max: highest-scored boxes entering the NMS; ``nms_post_max``: boxes kept per frame.
-    """
-
-    point_cloud_range: tuple[float, ...] = _opt((0.0, -39.68, -3.0, 69.12, 39.68, 1.0), length=6)
-    voxel_size: tuple[float, ...] = _opt((0.16, 0.16, 4.0), length=3, minimum=0.0)
-    max_points_per_pillar: int = _opt(32, minimum=1)
-    max_pillars_train: int = _opt(16000, minimum=1)
-    max_pillars_test: int = _opt(40000, minimum=1)
-    gt_sampling: bool = True
-    sample_groups: tuple[int, ...] = _opt((15, 15, 15), length=3, minimum=0)
-    flip: bool = True
-    rotation: float = _opt(0.78539816, minimum=0.0)
-    scaling_range: tuple[float, ...] = _opt((0.95, 1.05), length=2, minimum=0.0)
-    score_threshold: float = _opt(0.1, minimum=0.0, maximum=1.0)
-    nms_iou_threshold: float = _opt(0.01, minimum=0.0, maximum=1.0)
-    nms_pre_max: int = _opt(4096, minimum=1)
-    nms_post_max: int = _opt(500, minimum=1)
+def default_task_options() -> TaskOptions:
+    """The ``task`` section of a config that names no task: the default task's options, all defaults."""
+    return task_class(DEFAULT_TASK).options(name=DEFAULT_TASK)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A whole run. Sections are documented on their classes; build one with :func:`load_config`."""
+    """A whole run. Sections are documented on their classes (``task``: the task's options class); build
+    one with :func:`load_config`."""
 
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: TaskOptions = field(default_factory=default_task_options)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     @property
     def penalty_input_size(self) -> tuple[int, int]:
@@ -683,6 +596,8 @@ def _coerce(value: Any, tp: Any, path: str, meta: Mapping[str, Any], src: _Sourc
         return _coerce(value, args[0], path, meta, src)
     if value is None:
         raise ConfigError(f"{src.of(path)}: {path}: expected {_type_name(tp)}, got null")
+    if tp is TaskOptions:
+        return _task_options(value, path, src)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{src.of(path)}: {path}: expected a mapping of keys, got {_describe(value)}")
@@ -707,6 +622,35 @@ def _coerce(value: Any, tp: Any, path: str, meta: Mapping[str, Any], src: _Sourc
     coerced = _scalar(value, tp, path, meta, src)
     _check_value(coerced, path, meta, src)
     return coerced
+
+
+def _task_options(value: Any, path: str, src: _Source) -> TaskOptions:
+    """The ``task`` section read strictly into the options class of the task it names."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{src.of(path)}: {path}: expected a mapping of keys, got {_describe(value)}")
+    name = value.get("name", DEFAULT_TASK)
+    if not isinstance(name, str):
+        raise ConfigError(f"{src.of(path + '.name')}: {path}.name: expected str, got {_describe(name)}")
+    try:
+        options = task_class(name).options
+    except TaskError:
+        raise ConfigError(
+            f"{src.of(path + '.name')}: {path}.name: {name!r} is not one of {', '.join(task_names())}"
+        ) from None
+    return _build(options, {**value, "name": name}, path + ".", src)
+
+
+def _check_legacy_keys(raw: Mapping[str, Any], src: _Source) -> None:
+    """A one-line error for a key that a task's options replaced (``TaskOptions.legacy_keys``)."""
+    for cls in task_classes():
+        for key, advice in cls.options.legacy_keys.items():
+            node: Any = raw
+            for part in key.split("."):
+                if not isinstance(node, Mapping) or part not in node:
+                    break
+                node = node[part]
+            else:
+                raise ConfigError(f"{src.of(key)}: {key}: {advice}")
 
 
 def _build(cls: Any, data: Mapping[str, Any], prefix: str, src: _Source) -> Any:
@@ -746,22 +690,14 @@ def _validate(cfg: RunConfig, src: _Source) -> None:
     if search.rho_warmup_steps < search.rho_free_steps:
         raise fail("search.rho_warmup_steps", f"{search.rho_warmup_steps} is before search.rho_free_steps="
                    f"{search.rho_free_steps} (it is the step where ρ reaches its full value)")
-    if cfg.task.eval_mode == "slide" and cfg.task.eval_crop is None:
-        raise fail("task.eval_crop", "is required when task.eval_mode is 'slide'")
     lo, hi = cfg.data.scale_range
     if lo > hi:
         raise fail("data.scale_range", f"[{lo}, {hi}] is not increasing")
-    if not cfg.task.eval_scales:
-        raise fail("task.eval_scales", "must list at least one scale")
-    det = cfg.detection
-    r = det.point_cloud_range
-    if not all(r[i] < r[i + 3] for i in range(3)):
-        raise fail("detection.point_cloud_range", f"{list(r)} needs min < max on x, y and z")
-    if min(det.voxel_size) <= 0:
-        raise fail("detection.voxel_size", f"{list(det.voxel_size)} must be > 0")
-    lo, hi = det.scaling_range
-    if not 0 < lo <= hi:
-        raise fail("detection.scaling_range", f"[{lo}, {hi}] must satisfy 0 < lo <= hi")
+    formats = task_class(cfg.task.name).data_formats
+    if cfg.data.format not in formats:
+        raise fail("data.format", f"{cfg.data.format!r} is not one of {', '.join(formats)} "
+                   f"(the formats of task {cfg.task.name!r})")
+    cfg.task.validate(cfg, fail)
 
 
 def config_from_dict(
@@ -779,6 +715,7 @@ def config_from_dict(
     src = _Source()
     src.default = source
     data = _apply_raw_overrides(_merge({}, raw), overrides, src)
+    _check_legacy_keys(data, src)
     cfg = _build(RunConfig, data, "", src)
     _validate(cfg, src)
     return cfg
@@ -807,6 +744,7 @@ def load_config(path_or_preset: str | os.PathLike[str], overrides: Iterable[str]
     src.default = str(path)
     raw = _load_raw(path, (), src)
     raw = _apply_raw_overrides(raw, overrides, src)
+    _check_legacy_keys(raw, src)
     cfg = _build(RunConfig, raw, "", src)
     _validate(cfg, src)
     return cfg

@@ -1,39 +1,139 @@
-"""What the training engine needs from a task, and the registry of tasks.
+"""What the engine, the command line and the demos need from a task, and the registry of tasks.
 
-A task turns a :class:`~hrnas.engine.config.RunConfig` into datasets, a spec whose head fits the data,
-a loss and an evaluation. The engine (``hrnas.engine.trainer``) knows nothing else about the task, so a
-new task is one module registered here.
+A task turns a run config (:class:`hrnas.engine.config.RunConfig`, whose ``task`` section is the task's own
+:class:`~hrnas.tasks.options.TaskOptions`) into datasets, a spec whose head fits the data, a network, a loss,
+an evaluation, predictions, an export and a cost. Everything above this layer (``hrnas.engine``,
+``hrnas.cli``, the demos) calls the methods of :class:`Task`, which have sensible defaults, and never names
+a task nor probes what a task can do.
+
+A task is one package ``hrnas/tasks/<task>/`` whose ``__init__`` imports the class decorated with
+:func:`register_task`. The registry imports every sub-package of :mod:`hrnas.tasks` on its first lookup, so
+adding a task edits no list anywhere; a task defined elsewhere (a test, a user's module) registers itself
+when its module is imported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+import argparse
+import importlib
+import pkgutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from hrnas.space.cost import Cost, cost
 from hrnas.space.spec import ClassificationHeadSpec, DenseHeadSpec, NetSpec
 from hrnas.space.zoo import resolve_spec
+from hrnas.tasks.options import TaskOptions
+
+if TYPE_CHECKING:
+    from hrnas.export.onnx import CheckedExport
+
+__all__ = [
+    "DEFAULT_TASK",
+    "CostOption",
+    "ModelCost",
+    "Task",
+    "TaskCommand",
+    "TaskError",
+    "TaskOptions",
+    "get_task",
+    "register_task",
+    "task_class",
+    "task_classes",
+    "task_names",
+]
+
+DEFAULT_TASK = "segmentation"
+"""The task of a run config that does not name one (the demo's)."""
 
 
 class TaskError(ValueError):
     """The configuration does not fit the task (wrong head, class count, data format...)."""
 
 
-class Task:
-    """Base class: subclasses set ``name``, ``head_kinds``, ``metric`` and implement the hooks.
+@dataclass(frozen=True)
+class ModelCost:
+    """MACs and parameters of the whole network a task builds around a spec.
 
-    Batches are whatever the datasets' collate produces; :meth:`inputs` extracts the image tensor
-    (B, 3, H, W) and :meth:`loss` scores the model output against the batch.
+    Attributes:
+        whole: the whole model, what ``hrnas cost`` and ``hrnas evaluate`` report.
+        backbone: the searched network alone, where the task wraps it in fixed parts (a detector's
+            pillar encoder and anchor head); ``None`` when the spec is the whole model.
+        parts: the whole model by part (``{"backbone": ..., "head": ...}``); empty when not split.
     """
 
-    name = ""
-    head_kinds: tuple[str, ...] = ()
-    metric = ""
-    higher_is_better = True
+    whole: Cost
+    backbone: Cost | None = None
+    parts: dict[str, Cost] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskCommand:
+    """An ``hrnas`` subcommand a task adds (:meth:`Task.cli_commands`).
+
+    Attributes:
+        name: the subcommand (``hrnas NAME ...``).
+        help: one line for ``hrnas --help``.
+        add_arguments: adds the subcommand's arguments to its parser.
+        run: runs it with the parsed arguments; returns the exit status.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class CostOption:
+    """An option of ``hrnas cost`` that a task's :meth:`Task.model_cost` reads (``--flag VALUE`` is passed
+    as the keyword argument ``dest`` when the task claims the spec).
+
+    Attributes:
+        flag: the command-line flag, e.g. ``--pillars``.
+        dest: the keyword argument of :meth:`Task.model_cost`.
+        type: the value's type (``int``, ``float``, ``str``).
+        default: the value when the flag is not given.
+        help: one line for ``hrnas cost --help``.
+        metavar: the value's name in the help.
+    """
+
+    flag: str
+    dest: str
+    type: type
+    default: Any
+    help: str
+    metavar: str = "N"
+
+
+class Task:
+    """Base class of every task: subclasses set the class attributes and implement the data and loss hooks.
+
+    Batches are whatever the datasets' :meth:`collate` produces; :meth:`inputs` extracts the image tensor
+    ``(B, 3, H, W)``, :meth:`forward` runs the network on a batch and :meth:`loss` scores its output.
+
+    Class attributes:
+        name: the registry name, the value of ``task.name`` in a config.
+        options: the dataclass of the task's config section (a :class:`TaskOptions` subclass).
+        data_formats: the values ``data.format`` may take for this task (the config checks it).
+        head_kinds: the spec head kinds the task trains (:meth:`build_spec` checks it).
+        metric: the key of :meth:`evaluate`'s result that ranks checkpoints; ``higher_is_better`` its sense.
+        cost_options: options of ``hrnas cost`` that :meth:`model_cost` reads.
+    """
+
+    name: ClassVar[str] = ""
+    options: ClassVar[type[TaskOptions]] = TaskOptions
+    data_formats: ClassVar[tuple[str, ...]] = ()
+    head_kinds: ClassVar[tuple[str, ...]] = ()
+    metric: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    cost_options: ClassVar[tuple[CostOption, ...]] = ()
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -57,9 +157,13 @@ class Task:
         raise NotImplementedError
 
     # --- model -----------------------------------------------------------------------------------
-    def build_spec(self, spec_ref: str | NetSpec | None = None) -> NetSpec:
-        """The spec named by ``model.spec`` (zoo name or JSON file) adapted to this task's data."""
-        spec = _resolve_spec(spec_ref if spec_ref is not None else self.cfg.model.spec, self.cfg.model.transformer)
+    def build_spec(self, spec_ref: Any = None) -> Any:
+        """The spec named by ``model.spec`` (zoo name, JSON file or spec object) adapted to this task's data:
+        head kind checked, class count, activation, dropout and query counts from the config."""
+        ref = spec_ref if spec_ref is not None else self.cfg.model.spec
+        spec = resolve_spec(ref, transformer=self.cfg.model.transformer)
+        if not isinstance(spec, NetSpec):
+            raise TaskError(f"model.spec: {spec.name or ref!r} is not an HRNet-space spec")
         if spec.head.kind not in self.head_kinds:
             raise TaskError(
                 f"model.spec: {spec.name or 'spec'} has a {spec.head.kind} head; task {self.name!r} needs "
@@ -97,6 +201,19 @@ class Task:
 
         return build_model(spec, init=init)
 
+    @classmethod
+    def claims_spec(cls, spec: Any) -> bool:
+        """Whether this task's network is built around ``spec``'s kind, so that :meth:`model_cost` of this
+        task (not the bare network's cost) prices it; ``hrnas cost`` asks every task. Default: no."""
+        return False
+
+    @classmethod
+    def model_cost(cls, spec: Any, input_size: tuple[int, int], **options: Any) -> ModelCost:
+        """MACs and parameters of the whole model this task builds around ``spec`` for an ``input_size``
+        ``(H, W)`` input, with the backbone's beside it where the task wraps one. ``options`` are the
+        task's :attr:`cost_options`. Default: the spec is the whole model (:func:`hrnas.space.cost.cost`)."""
+        return ModelCost(whole=cost(spec, input_size))
+
     def inputs(self, batch: Any) -> Tensor:
         raise NotImplementedError
 
@@ -104,10 +221,6 @@ class Task:
         """The model's output for a batch already on the device: ``model(self.inputs(batch))`` by default;
         tasks whose network does not take one image tensor override this."""
         return model(self.inputs(batch))
-
-    def format_metrics(self, metrics: dict[str, Any]) -> str | None:
-        """A human-readable report of :meth:`evaluate`'s metrics for ``hrnas evaluate`` (None: print JSON)."""
-        return None
 
     def to_device(self, batch: Any, device: torch.device, channels_last: bool) -> Any:
         """Move a batch to ``device``; images in channels_last when asked."""
@@ -126,46 +239,110 @@ class Task:
 
         return move(batch)
 
-    def loss(self, output: Tensor, batch: Any) -> Tensor:
+    def loss(self, output: Any, batch: Any) -> Tensor:
         raise NotImplementedError
 
+    # --- evaluation, prediction, export ------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any, device: torch.device, progress: bool = False) -> dict[str, Any]:
         """Metrics of ``model`` (eval mode) on the validation loader; must contain ``self.metric``."""
         raise NotImplementedError
 
+    def format_metrics(self, metrics: dict[str, Any]) -> str | None:
+        """A human-readable report of :meth:`evaluate`'s metrics for ``hrnas evaluate`` (None: print JSON)."""
+        return None
 
-def _resolve_spec(ref: str | NetSpec, transformer: bool) -> NetSpec:
-    spec = resolve_spec(ref, transformer=transformer)
-    if not isinstance(spec, NetSpec):
-        raise TaskError(f"model.spec: {spec.name or ref!r} is not an HRNet-space spec")
-    return spec
+    def baseline_metrics(self) -> dict[str, Any]:
+        """Metrics of reference predictors that ignore the input, scored like :meth:`evaluate`
+        (``hrnas evaluate --baselines``). Default: the task has none."""
+        raise TaskError(f"--baselines: task {self.name!r} has no reference predictors")
+
+    def predict(self, model: nn.Module, inputs: Sequence[str], out_dir: Path, split: str | None = None) -> list[Path]:
+        """Run ``model`` on ``inputs`` (files) or on the frames of ``split`` and write what it sees into
+        ``out_dir``; return the files written (``hrnas predict``). Each task checks which of the two it
+        reads. Default: the task predicts nothing."""
+        raise TaskError(f"predict: not available for task {self.name!r}")
+
+    def export(self, model: nn.Module, spec: Any, output: Path, input_size: tuple[int, int] | None = None
+               ) -> CheckedExport:
+        """Export the deployed network to ONNX at ``output``, checked in ONNX Runtime (``hrnas export``).
+
+        Default: the image network (:func:`hrnas.export.onnx.export_onnx`) for an ``input_size`` ``(H, W)``
+        input, the training crop ``data.crop_size`` when None.
+        """
+        from hrnas.export.onnx import export_onnx
+
+        size = tuple(input_size) if input_size else tuple(int(v) for v in self.cfg.data.crop_size)
+        return export_onnx(model, output, input_size=size, in_channels=spec.stem.in_channels)
+
+    # --- command line ------------------------------------------------------------------------------
+    @classmethod
+    def cli_commands(cls) -> list[TaskCommand]:
+        """Extra ``hrnas`` subcommands this task adds. Default: none."""
+        return []
 
 
-_TASKS: dict[str, Callable[[Any], Task]] = {}
+# ----------------------------------------------------------------------------------------------------
+# Registry
+
+_TASKS: dict[str, type[Task]] = {}
+_discovered = False
 
 
-def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
-    def deco(cls: type[Task]) -> type[Task]:
-        if name in _TASKS:
-            raise KeyError(f"task {name!r} is already registered")
-        _TASKS[name] = cls
-        return cls
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: register a :class:`Task` subclass under its ``name``.
 
-    return deco
+    Raises:
+        TaskError: the class has no name, its ``options`` is not a TaskOptions subclass, or the name is
+            taken by another class.
+    """
+    if not isinstance(cls, type) or not issubclass(cls, Task):
+        raise TaskError(f"register_task: {cls!r} is not a Task subclass (use @register_task on the class)")
+    if not cls.name:
+        raise TaskError(f"register_task: {cls.__qualname__} has no name")
+    if not (isinstance(cls.options, type) and issubclass(cls.options, TaskOptions)):
+        raise TaskError(f"register_task: {cls.__qualname__}.options is not a TaskOptions dataclass")
+    known = _TASKS.get(cls.name)
+    if known is not None and known is not cls:
+        raise TaskError(
+            f"register_task: task {cls.name!r} is already registered by {known.__module__}.{known.__qualname__}"
+        )
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    """Import every task package under :mod:`hrnas.tasks` once (each registers its task)."""
+    global _discovered
+    if _discovered:
+        return
+    import hrnas.tasks
+
+    for info in pkgutil.iter_modules(hrnas.tasks.__path__, prefix="hrnas.tasks."):
+        if info.ispkg:
+            importlib.import_module(info.name)
+    _discovered = True
+
+
+def task_names() -> list[str]:
+    """The names of the registered tasks, sorted."""
+    _discover()
+    return sorted(_TASKS)
+
+
+def task_classes() -> list[type[Task]]:
+    """The registered task classes, sorted by name."""
+    return [_TASKS[name] for name in task_names()]
+
+
+def task_class(name: str) -> type[Task]:
+    """The task registered as ``name``; TaskError listing the known names when there is none."""
+    _discover()
+    if name not in _TASKS:
+        raise TaskError(f"task.name: {name!r} is not available (known: {', '.join(sorted(_TASKS))})")
+    return _TASKS[name]
 
 
 def get_task(cfg: Any) -> Task:
-    """The task object for ``cfg.task.name``."""
-    import hrnas.tasks.segmentation  # noqa: F401  (registers)
-
-    for module in ("hrnas.tasks.classification", "hrnas.tasks.keypoints", "hrnas.tasks.kitti"):
-        try:
-            __import__(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-    name = cfg.task.name
-    if name not in _TASKS:
-        raise TaskError(f"task.name: {name!r} is not available (known: {', '.join(sorted(_TASKS))})")
-    return _TASKS[name](cfg)
+    """The task object for a run config (``cfg.task.name``)."""
+    return task_class(cfg.task.name)(cfg)

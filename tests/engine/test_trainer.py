@@ -22,7 +22,7 @@ from hrnas.space.spec import NetSpec
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hrnas.data.demo_scenes import generate_demo_scenes
+    from hrnas.demos.scenes import generate_demo_scenes
 
     root = tmp_path_factory.mktemp("demo") / "scenes"
     generate_demo_scenes(root, num_train=32, num_val=8, size=64, seed=3, progress=False)
@@ -147,6 +147,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(demo_root: Path, tmp_pat
 
 DDP_SCRIPT = """
 import json, os, sys
+import hrnas.demos  # registers the demo-scene generator that data.format 'demo' asks for
 from hrnas.engine.config import load_config
 from hrnas.engine.trainer import train
 cfg = load_config("demo_seg", sys.argv[2:])

@@ -31,13 +31,12 @@ from torchvision.transforms import functional as TF
 
 from hrnas.data.errors import DatasetError
 from hrnas.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "CLASSIFICATION_FORMATS",
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "FashionMNISTClassification",
     "ImageFolderClassification",
     "TFCenterCrop",
@@ -48,8 +47,6 @@ __all__ = [
     "topk_accuracy",
 ]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # Pixel statistics of the Fashion-MNIST training images, in [0, 1] units.
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530

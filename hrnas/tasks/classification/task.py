@@ -36,20 +36,21 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from hrnas.data.classification import (
+from hrnas.data.errors import DatasetError
+from hrnas.data.fashion_mnist import FASHION_MNIST_CLASSES
+from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD
+from hrnas.tasks.base import Task, TaskError, register_task
+from hrnas.tasks.classification.datasets import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     FashionMNISTClassification,
     ImageFolderClassification,
     TFRandomResizedCrop,
     imagenet_eval_transform,
     topk_accuracy,
 )
-from hrnas.data.errors import DatasetError
-from hrnas.data.fashion_mnist import FASHION_MNIST_CLASSES
-from hrnas.tasks.base import Task, TaskError, register_task
+from hrnas.tasks.classification.options import ClassificationOptions
+from hrnas.utils.atomic import atomic_write_text
 
 FORMATS = ("imagefolder", "fashion_mnist")
 SHIFT_PIXELS = 2
@@ -103,7 +104,7 @@ def _class_folders(folder: Path) -> list[str]:
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
 
 
-@register_task("classification")
+@register_task
 class ClassificationTask(Task):
     """Classification head + (label-smoothed) cross-entropy + top-1/top-5 accuracy.
 
@@ -112,6 +113,8 @@ class ClassificationTask(Task):
     """
 
     name = "classification"
+    options = ClassificationOptions
+    data_formats = FORMATS
     head_kinds = ("classification",)
     metric = "top1"
 
@@ -307,20 +310,24 @@ class ClassificationTask(Task):
         return names
 
     @torch.no_grad()
-    def predict_files(self, model: nn.Module, images: Sequence[str | Path], out_dir: Path) -> list[Path]:
-        """Print the top-5 classes of each image and write them to ``out_dir/predictions.json``.
+    def predict(self, model: nn.Module, inputs: Sequence[str], out_dir: Path, split: str | None = None) -> list[Path]:
+        """Print the top-5 classes of each image file in ``inputs`` and write them to ``out_dir/predictions.json``.
 
         The JSON is a list of ``{"image": path, "top5": [{"class": name, "index": int, "probability":
-        float}, ...]}`` in the order of ``images``. Class names come from the dataset named by the
+        float}, ...]}`` in the order of ``inputs``. Class names come from the dataset named by the
         config (class indices when it is not available). Returns ``[predictions.json]``.
         """
+        if split is not None:
+            raise TaskError(f"predict: task {self.name!r} predicts the image files given, not --split")
+        if not inputs:
+            raise TaskError(f"predict: give the image files to run task {self.name!r} on")
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.eval()
         device = next(model.parameters()).device
         names: list[str] | None = None
         records = []
-        for item in images:
+        for item in inputs:
             path = Path(item)
             x = self._load_for_prediction(path).unsqueeze(0).to(device)
             probs = model(x).float().softmax(dim=1)[0].cpu()
@@ -334,8 +341,4 @@ class ClassificationTask(Task):
             ]
             print(f"{path}: " + ", ".join(f"{r['class']} {100 * r['probability']:.1f}%" for r in ranked))
             records.append({"image": str(path), "top5": ranked})
-        out = out_dir / "predictions.json"
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(records, indent=1) + "\n")
-        tmp.replace(out)
-        return [out]
+        return [atomic_write_text(out_dir / "predictions.json", json.dumps(records, indent=1) + "\n")]

@@ -15,7 +15,7 @@ flip with probability 0.5 that swaps the left/right joint pairs.
 
 Any keypoint category is accepted: keypoint names, skeleton, flip pairs and per-joint OKS sigmas are
 read from the JSON category (see :func:`keypoint_category`).  Coordinates follow
-:mod:`hrnas.tasks.pose_codec`: ``(x, y)`` pixels, ``scale`` = source-region ``(width, height)`` in
+:mod:`hrnas.tasks.keypoints.codec`: ``(x, y)`` pixels, ``scale`` = source-region ``(width, height)`` in
 image pixels.
 """
 
@@ -37,7 +37,8 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from hrnas.data.errors import DatasetError
-from hrnas.tasks.pose_codec import affine_points, get_affine_transform, render_heatmaps
+from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD
+from hrnas.tasks.keypoints.codec import affine_points, get_affine_transform, render_heatmaps
 
 __all__ = [
     "COCO_PERSON_KEYPOINTS",
@@ -80,9 +81,6 @@ COCO_PERSON_UPPER_BODY: tuple[int, ...] = tuple(range(11))
 # OKS sigma for a joint of a custom category whose JSON gives no "sigmas" (between the COCO
 # person's wrists, 0.062, and hips, 0.107 — i.e. a moderately precise joint).
 DEFAULT_OKS_SIGMA = 0.05
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

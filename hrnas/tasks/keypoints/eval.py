@@ -30,7 +30,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from hrnas.data.keypoints import keypoint_category, load_coco
+from hrnas.tasks.keypoints.dataset import keypoint_category, load_coco
 
 __all__ = [
     "KEYPOINT_METRICS",
@@ -151,7 +151,7 @@ def evaluate_coco_keypoints(
             ``num_keypoints`` get them filled in (box area; count of labelled joints).
         results: result dicts (module docstring); they are not modified.
         sigmas: ``K`` OKS sigmas; default from the keypoint category (see
-            :func:`hrnas.data.keypoints.keypoint_category`).
+            :func:`hrnas.tasks.keypoints.dataset.keypoint_category`).
         rescore: multiply each score by the mean confidence of the joints above ``in_vis_thresh``
             (0 when none is) — HRNet's rescoring.
         oks_nms_thresh: OKS-NMS threshold per image; ``None`` disables the NMS.

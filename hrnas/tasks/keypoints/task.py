@@ -1,60 +1,55 @@
 """Top-down keypoint estimation (spec §2.7 keypoint head, §5 "COCO keypoints"): heatmaps, OKS AP.
 
 Data: COCO-format keypoint annotations (``data.format: coco_keypoints``) read by
-:class:`hrnas.data.keypoints.CocoKeypoints`, one item per instance box:
+:class:`hrnas.tasks.keypoints.dataset.CocoKeypoints`, one item per instance box:
 
-- ``data.root`` holds everything; ``data.ann_file`` (default ``annotations/person_keypoints_{split}.json``)
+- ``data.root`` holds everything; ``task.ann_file`` (default ``annotations/person_keypoints_{split}.json``)
   is relative to it, with ``{split}`` replaced by ``data.train_split`` / ``data.val_split``;
 - images are looked up under ``{root}/{split}`` (COCO's ``train2017/``), ``{root}/images/{split}``,
   ``{root}/images`` or ``{root}`` itself — the first that holds the first image of the file;
-- training uses the ground-truth boxes; evaluation uses them too unless ``data.det_file`` names a
+- training uses the ground-truth boxes; evaluation uses them too unless ``task.det_file`` names a
   detection-results JSON (COCO result format, relative to the root);
 - ``data.crop_size`` is the network input ``[h, w]`` (256×192 for COCO); heatmaps are 4× smaller, Gaussian
   with σ = ``task.heatmap_sigma`` heatmap pixels; ``data.scale_range [lo, hi]`` gives the scale jitter
   ``1 ± max(1 - lo, hi - 1)`` (HRNet's 0.35 for ``[0.65, 1.35]``).
 
-The demo scenes (``hrnas.data.demo_scenes``, five keypoints per item) are generated under the root when
-it holds no complete demo dataset and the annotation file asked for is a demo one
-(``annotations/demo_keypoints_{split}.json``), or with ``data.format: demo``. Their training crops are
+The demo scenes (five keypoints per item; the ``demo_scenes`` data generator, :mod:`hrnas.data.generators`)
+are generated under the root when it holds no complete demo dataset and the annotation file asked for is a
+demo one (``annotations/demo_keypoints_{split}.json``), or with ``data.format: demo``. Their training crops are
 not rotated: the keypoints are extreme points of the items, which a rotation would move elsewhere.
 
-Loss: HRNet's target-weighted heatmap MSE (:func:`~hrnas.tasks.pose_codec.keypoint_mse_loss`).
+Loss: HRNet's target-weighted heatmap MSE (:func:`~hrnas.tasks.keypoints.codec.keypoint_mse_loss`).
 Evaluation: heatmaps (averaged with those of the mirrored input when ``task.flip_test``) are decoded to the
 argmax with the quarter-pixel shift, mapped back to image pixels, rescored and OKS-NMS'd, then scored by
-``COCOeval`` with the category's OKS sigmas (:func:`~hrnas.tasks.pose_eval.evaluate_coco_keypoints`).
+``COCOeval`` with the category's OKS sigmas (:func:`~hrnas.tasks.keypoints.eval.evaluate_coco_keypoints`).
 Under several processes each one decodes its shard of the boxes; the results are gathered to rank 0 with
 ``torch.distributed.all_gather_object``, rank 0 runs ``COCOeval`` once over all of them and broadcasts the
 metrics, so the AP is exactly that of a single-process evaluation.
 
 References that ignore the pixels, scored by the same evaluator (``hrnas evaluate CKPT --baselines``): every
-joint at its box centre (:func:`box_center_results`) and every joint at its mean place in the box, learnt
-from the training annotations (:func:`mean_pose_results`).
+joint at its box centre and every joint at its mean place in the box, learnt from the training annotations
+(:mod:`hrnas.tasks.keypoints.baselines`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from hrnas.data.errors import DatasetError
-from hrnas.data.keypoints import IMAGENET_MEAN, IMAGENET_STD, CocoKeypoints, KeypointCategory, box_to_center_scale
+from hrnas.data.generators import ensure_generated
 from hrnas.tasks.base import Task, TaskError, register_task
-from hrnas.tasks.pose_codec import (
-    decode_heatmaps,
-    flip_heatmaps,
-    get_affine_transform,
-    keypoint_mse_loss,
-    transform_preds,
-)
-from hrnas.tasks.pose_eval import evaluate_coco_keypoints, make_keypoint_results
+from hrnas.tasks.keypoints.baselines import box_center_results, mean_pose_results
+from hrnas.tasks.keypoints.codec import decode_heatmaps, flip_heatmaps, keypoint_mse_loss, transform_preds
+from hrnas.tasks.keypoints.dataset import CocoKeypoints, KeypointCategory, box_to_center_scale
+from hrnas.tasks.keypoints.eval import evaluate_coco_keypoints, make_keypoint_results
+from hrnas.tasks.keypoints.options import KeypointOptions
 
 DEFAULT_ANN_FILE = "annotations/person_keypoints_{split}.json"
 DEMO_ANN_FILE = "annotations/demo_keypoints_{split}.json"
@@ -64,59 +59,8 @@ HEATMAP_STRIDE = 4
 DEFAULT_ROTATION_PROB = 0.6
 """Probability of the rotation augmentation (HRNet); 0 for the demo scenes, whose top/bottom/left/right
 keypoints are the extreme points of each item as pasted, which a rotated crop would no longer show."""
-VIS_THRESH = 0.2
-"""Joints whose heatmap peak is below this are not drawn by :meth:`KeypointsTask.predict_files`."""
-
-
-def box_center_results(dataset: CocoKeypoints) -> list[dict[str, Any]]:
-    """A reference prediction: every joint of every box at the box centre, confidence 1.
-
-    Evaluated with :func:`~hrnas.tasks.pose_eval.evaluate_coco_keypoints`, it gives the AP that a
-    network has to beat to show it localises joints at all. Results follow the COCO keypoint result
-    format, one per record of ``dataset`` (its boxes: ground truth or detections).
-    """
-    offsets = np.zeros((dataset.category.num_joints, 2))
-    return _box_relative_results(dataset, offsets)
-
-
-def mean_pose_results(train: CocoKeypoints, dataset: CocoKeypoints) -> list[dict[str, Any]]:
-    """A stronger reference that still ignores the pixels: each joint at its mean position in the box.
-
-    The mean is taken over the labelled joints of ``train``'s records, as an offset from the box centre in
-    units of the (enlarged) box size, and placed into each box of ``dataset`` the same way (confidence 1).
-    A joint never labelled in ``train`` stays at the centre.
-    """
-    k = dataset.category.num_joints
-    if train.category.num_joints != k:
-        raise TaskError(
-            f"mean pose: {train.ann_file} has {train.category.num_joints} keypoints, {dataset.ann_file} has {k}"
-        )
-    sums, counts = np.zeros((k, 2)), np.zeros((k, 1))
-    for record in train.records:
-        joints = np.asarray(record["joints"], dtype=np.float64)
-        labelled = joints[:, 2:] > 0
-        rel = (joints[:, :2] - np.asarray(record["center"], dtype=np.float64)) / np.asarray(record["scale"])
-        sums += np.where(labelled, rel, 0.0)
-        counts += labelled
-    return _box_relative_results(dataset, sums / np.maximum(counts, 1))
-
-
-def _box_relative_results(dataset: CocoKeypoints, offsets: np.ndarray) -> list[dict[str, Any]]:
-    """Results placing joint ``j`` of every record at ``center + offsets[j] * scale`` (confidence 1)."""
-    k = dataset.category.num_joints
-    results = []
-    for record in dataset.records:
-        center = np.asarray(record["center"], dtype=np.float64)
-        scale = np.asarray(record["scale"], dtype=np.float64)
-        results += make_keypoint_results(
-            (center + offsets * scale)[None],
-            np.ones((1, k, 1)),
-            [record["image_id"]],
-            [record["score"]],
-            [float(np.prod(scale))],
-            dataset.category.id,
-        )
-    return results
+DEMO_GENERATOR = "demo_scenes"
+"""The data generator (:mod:`hrnas.data.generators`) that writes the demo scenes."""
 
 
 def _unwrap(dataset: Dataset) -> Dataset:
@@ -125,16 +69,18 @@ def _unwrap(dataset: Dataset) -> Dataset:
     return dataset
 
 
-@register_task("keypoints")
+@register_task
 class KeypointsTask(Task):
     """Keypoint head + heatmap MSE + COCO OKS AP.
 
-    Batches are the dicts of :class:`~hrnas.data.keypoints.CocoKeypoints`, collated: ``image (B, 3, H, W)``,
+    Batches are the dicts of :class:`~hrnas.tasks.keypoints.dataset.CocoKeypoints`, collated: ``image (B, 3, H, W)``,
     ``target (B, K, H/4, W/4)``, ``target_weight (B, K, 1)`` and ``meta``. The network output is heatmaps
     ``(B, K, H/4, W/4)``.
     """
 
     name = "keypoints"
+    options = KeypointOptions
+    data_formats = ("coco_keypoints", "demo")
     head_kinds = ("keypoints",)
     metric = "AP"
 
@@ -147,15 +93,15 @@ class KeypointsTask(Task):
     def is_demo(self) -> bool:
         """Whether the data are the generated demo scenes (``data.format: demo`` or a demo annotation file)."""
         fmt = self.cfg.data.format
-        if fmt not in ("coco_keypoints", "demo"):
-            raise TaskError(f"data.format: {fmt!r} is not a keypoint format (coco_keypoints, demo)")
+        if fmt not in self.data_formats:
+            raise TaskError(f"data.format: {fmt!r} is not a keypoint format ({', '.join(self.data_formats)})")
         return fmt == "demo" or Path(self.ann_template).name == Path(DEMO_ANN_FILE).name
 
     @property
     def ann_template(self) -> str:
         """The annotation file, relative to the root, with ``{split}`` still in it."""
-        if self.cfg.data.ann_file:
-            return self.cfg.data.ann_file
+        if self.cfg.task.ann_file:
+            return self.cfg.task.ann_file
         return DEMO_ANN_FILE if self.cfg.data.format == "demo" else DEFAULT_ANN_FILE
 
     @property
@@ -170,14 +116,13 @@ class KeypointsTask(Task):
         return path
 
     def _prepare_demo(self, root: Path) -> None:
-        from hrnas.data.demo_scenes import ensure_demo_scenes, read_demo_meta
-
         wanted = [
             root / self.ann_template.format(split=s) for s in (self.cfg.data.train_split, self.cfg.data.val_split)
         ]
-        if all(p.is_file() for p in wanted) or read_demo_meta(root) is not None:
-            return  # a complete demo dataset (of any size) or the user's own files: use them as they are
-        ensure_demo_scenes(root)
+        if all(p.is_file() for p in wanted):
+            return  # the annotation files are there (the user's own, or a demo set): use them as they are
+        # a complete demo data set of any size is used as it is; otherwise the default one is generated
+        ensure_generated(DEMO_GENERATOR, root, any_size=True)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -199,12 +144,13 @@ class KeypointsTask(Task):
             return self._datasets[key]
         d = self.cfg.data
         lo, hi = d.scale_range
-        boxes = "gt" if train or not d.det_file else d.det_file
+        det_file = self.cfg.task.det_file
+        boxes = "gt" if train or not det_file else det_file
         try:
             ann_file = self.ann_template.format(split=split)
         except (KeyError, IndexError, ValueError):
             raise TaskError(
-                f"data.ann_file: {self.ann_template!r} may only contain the placeholder {{split}}"
+                f"task.ann_file: {self.ann_template!r} may only contain the placeholder {{split}}"
             ) from None
         ds = CocoKeypoints(
             self.root,
@@ -336,7 +282,17 @@ class KeypointsTask(Task):
         return out
 
     # --- prediction --------------------------------------------------------------------------------
-    def _prediction_context(self) -> tuple[KeypointCategory | None, CocoKeypoints | None]:
+    def predict(self, model: nn.Module, inputs: Sequence[str], out_dir: Path, split: str | None = None) -> list[Path]:
+        """Draw the predicted keypoints on the image files ``inputs`` (:mod:`hrnas.tasks.keypoints.predict`)."""
+        from hrnas.tasks.keypoints.predict import predict_keypoints
+
+        if split is not None:
+            raise TaskError(f"predict: task {self.name!r} predicts the image files given, not --split")
+        if not inputs:
+            raise TaskError(f"predict: give the image files to run task {self.name!r} on")
+        return predict_keypoints(self, model, inputs, out_dir)
+
+    def prediction_context(self) -> tuple[KeypointCategory | None, CocoKeypoints | None]:
         """The validation annotations when they are on this machine (boxes, skeleton, flip pairs), else None."""
         try:
             ds = self._dataset(self.cfg.data.val_split, train=False)
@@ -344,7 +300,7 @@ class KeypointsTask(Task):
             return None, None
         return ds.category, ds
 
-    def _boxes_for(self, path: Path, image: np.ndarray, ds: CocoKeypoints | None) -> list[tuple[np.ndarray, ...]]:
+    def boxes_for(self, path: Path, image: np.ndarray, ds: CocoKeypoints | None) -> list[tuple[np.ndarray, ...]]:
         """``(center, scale, score, box)`` of the instances to read in ``image``: the annotation's boxes
         (or detections) of the image with the same file name, else the whole image."""
         h, w = self.input_size
@@ -357,98 +313,3 @@ class KeypointsTask(Task):
         center, scale = box_to_center_scale(box, w / h, enlarge=1.0)
         return [(center, scale, np.float32(1.0), box)]
 
-    @torch.no_grad()
-    def predict_files(self, model: nn.Module, images: Sequence[str | Path], out_dir: Path) -> list[Path]:
-        """Draw the predicted keypoints and skeleton on each image.
-
-        Boxes are those of the validation annotations (or ``data.det_file``) for an image with the same
-        file name, otherwise the whole image. Writes ``{stem}_keypoints.png`` per image and
-        ``keypoints.json`` (a list of ``{"image", "instances": [{"box": [x, y, w, h], "score",
-        "keypoints": [[x, y, confidence], ...]}]}``, image pixels); returns the files written.
-        """
-        from hrnas.tasks.predict import palette
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.eval()
-        device = next(model.parameters()).device
-        category, ds = self._prediction_context()
-        pairs = category.flip_pairs if category is not None else None
-        skeleton = category.skeleton if category is not None else ()
-        h, w = self.input_size
-        hh, hw = self.heatmap_size
-        mean = np.array(IMAGENET_MEAN, dtype=np.float32)
-        std = np.array(IMAGENET_STD, dtype=np.float32)
-        written: list[Path] = []
-        records = []
-        for item in images:
-            path = Path(item)
-            if not path.is_file():
-                raise DatasetError(f"{path}: no such image")
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-            if bgr is None:
-                raise DatasetError(f"{path}: unreadable or corrupt image")
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            boxes = self._boxes_for(path, rgb, ds)
-            crops = []
-            for center, scale, _, _ in boxes:
-                trans = get_affine_transform(center, scale, 0.0, (w, h))
-                crop = cv2.warpAffine(rgb, trans, (w, h), flags=cv2.INTER_LINEAR).astype(np.float32) / 255.0
-                crops.append(torch.from_numpy(((crop - mean) / std).transpose(2, 0, 1).copy()))
-            heatmaps = self.predict_heatmaps(model, torch.stack(crops).to(device), pairs)
-            coords, maxvals = decode_heatmaps(heatmaps)
-            centers = np.stack([np.asarray(b[0], dtype=np.float64) for b in boxes])
-            scales = np.stack([np.asarray(b[1], dtype=np.float64) for b in boxes])
-            preds = transform_preds(coords, centers, scales, (hw, hh))
-            canvas = self._draw(rgb, preds, maxvals[..., 0], [b[3] for b in boxes], skeleton, palette)
-            png = out_dir / f"{path.stem}_keypoints.png"
-            tmp = png.with_name(f".{png.name}.tmp.png")
-            cv2.imwrite(str(tmp), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
-            tmp.replace(png)
-            written.append(png)
-            instances = [
-                {
-                    "box": [float(v) for v in boxes[i][3]],
-                    "score": float(boxes[i][2]),
-                    "keypoints": [
-                        [float(x), float(y), float(c)] for (x, y), c in zip(preds[i], maxvals[i, :, 0], strict=True)
-                    ],
-                }
-                for i in range(len(boxes))
-            ]
-            records.append({"image": str(path), "instances": instances})
-            print(f"{path}: {len(boxes)} instance(s), mean joint confidence {float(maxvals.mean()):.2f}")
-        out = out_dir / "keypoints.json"
-        tmp_json = out.with_name(f".{out.name}.tmp")
-        tmp_json.write_text(json.dumps(records, indent=1) + "\n")
-        tmp_json.replace(out)
-        return [*written, out]
-
-    @staticmethod
-    def _draw(
-        rgb: np.ndarray,
-        preds: np.ndarray,
-        conf: np.ndarray,
-        boxes: Sequence[np.ndarray],
-        skeleton: Sequence[tuple[int, int]],
-        palette: Any,
-    ) -> np.ndarray:
-        """``rgb (H, W, 3) uint8`` with boxes, limbs (both ends above :data:`VIS_THRESH`) and joints drawn."""
-        canvas = np.ascontiguousarray(rgb.copy())
-        k = preds.shape[1]
-        joint_colours = palette(k + 1)[1:]
-        limb_colours = palette(len(skeleton) + 2)[2:]
-        radius = max(2, round(min(canvas.shape[:2]) / 100))
-        for i, box in enumerate(boxes):
-            x, y, bw, bh = (int(round(float(v))) for v in box[:4])
-            cv2.rectangle(canvas, (x, y), (x + bw, y + bh), (255, 255, 255), 1)
-            for (a, b), colour in zip(skeleton, limb_colours, strict=True):
-                if conf[i, a] > VIS_THRESH and conf[i, b] > VIS_THRESH:
-                    pa = tuple(int(round(v)) for v in preds[i, a])
-                    pb = tuple(int(round(v)) for v in preds[i, b])
-                    cv2.line(canvas, pa, pb, tuple(int(c) for c in colour), max(1, radius // 2), cv2.LINE_AA)
-            for j in range(k):
-                if conf[i, j] > VIS_THRESH:
-                    p = tuple(int(round(v)) for v in preds[i, j])
-                    cv2.circle(canvas, p, radius, tuple(int(c) for c in joint_colours[j]), -1, cv2.LINE_AA)
-        return canvas

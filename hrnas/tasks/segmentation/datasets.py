@@ -1,7 +1,8 @@
-"""Semantic-segmentation datasets in their published on-disk layouts (spec §5: Cityscapes, ADE20K).
+"""Semantic-segmentation datasets in their published on-disk layouts (spec §5: Cityscapes, ADE20K, and a
+folder of image/mask pairs); the generated demo scenes are written in the Cityscapes layout.
 
 Every dataset yields ``(image, mask)`` pairs, passed through an optional joint ``transforms``
-callable ``transforms(image, mask) -> (image, mask)`` (e.g. :mod:`hrnas.data.seg_transforms`).
+callable ``transforms(image, mask) -> (image, mask)`` (e.g. :mod:`hrnas.tasks.segmentation.transforms`).
 Without one, ``image`` is a ``tv_tensors.Image`` uint8 ``(3, H, W)`` RGB and ``mask`` a
 ``tv_tensors.Mask`` int64 ``(H, W)`` of train ids in ``[0, num_classes)`` with 255 = ignore.
 
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from hrnas.data.errors import DatasetError
+from hrnas.data.images import one_line, read_image
 
 IGNORE_INDEX = 255
 
@@ -73,16 +75,6 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def read_image(path: Path) -> tv_tensors.Image:
-    """Decode an image file to RGB uint8 ``(3, H, W)``; DatasetError naming the file if it cannot."""
-    try:
-        with Image.open(path) as image:
-            pixels = np.array(image.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise DatasetError(f"{path}: cannot decode image ({_one_line(error)})") from None
-    return tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
-
-
 def read_mask(path: Path) -> np.ndarray:
     """Decode a single-channel label PNG to its raw integer values ``(H, W)`` (palette indices for
     mode ``P``); DatasetError naming the file if it is unreadable or has colour channels."""
@@ -91,14 +83,10 @@ def read_mask(path: Path) -> np.ndarray:
             mode = mask.mode
             values = np.asarray(mask) if mode in _MASK_MODES else None
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise DatasetError(f"{path}: cannot decode mask ({_one_line(error)})") from None
+        raise DatasetError(f"{path}: cannot decode mask ({one_line(error)})") from None
     if values is None:
         raise DatasetError(f"{path}: mask must be single-channel, got PIL mode {mode}")
     return values
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def load_class_names(path: Path) -> list[str]:
@@ -106,12 +94,12 @@ def load_class_names(path: Path) -> list[str]:
     try:
         text = path.read_text()
     except OSError as error:
-        raise DatasetError(f"{path}: cannot read class names ({_one_line(error)})") from None
+        raise DatasetError(f"{path}: cannot read class names ({one_line(error)})") from None
     if path.suffix == ".json":
         try:
             names = json.loads(text)
         except ValueError as error:
-            raise DatasetError(f"{path}: not valid JSON ({_one_line(error)})") from None
+            raise DatasetError(f"{path}: not valid JSON ({one_line(error)})") from None
     else:
         names = [line.strip() for line in text.splitlines() if line.strip()]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
@@ -195,8 +183,8 @@ class CityscapesSegmentation(SegmentationDataset):
     ``root/gtFine/{split}/{city}/{stem}_gtFine_labelTrainIds.png`` (train ids, 255 ignore) or
     ``..._gtFine_labelIds.png`` (label ids 0–33, mapped with the cityscapesScripts table).
     ``label_type='auto'`` uses labelTrainIds when the first image has one, else labelIds.
-    A ``root/classes.json`` (e.g. written by :mod:`hrnas.data.demo_scenes`) replaces the 19 names
-    and requires labelTrainIds.
+    A ``root/classes.json`` (e.g. written by the demo scenes, :mod:`hrnas.demos.scenes`) replaces the 19
+    names and requires labelTrainIds.
     """
 
     def __init__(

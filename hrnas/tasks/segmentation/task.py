@@ -1,11 +1,14 @@
 """Semantic segmentation (spec §5): Cityscapes, ADE20K, a folder of pairs, or the demo scenes.
 
-Loss: pixel cross-entropy with ignore index 255 on logits bilinearly upsampled to the label size.
-Metric: mIoU from a confusion matrix (reduced over processes), plus pixel accuracy and per-class IoU.
+Loss: pixel cross-entropy with ignore index ``task.ignore_index`` on logits bilinearly upsampled to the
+label size. Metric: mIoU from a confusion matrix (reduced over processes), plus pixel accuracy and per-class
+IoU. The ``demo`` data format is the generated demo scenes (Cityscapes layout), generated under
+``data.root`` (default ``data/demo``) when missing by the ``demo_scenes`` data generator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,33 +18,44 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from hrnas.data.seg_transforms import SegEvalTransform, SegTrainTransform
-from hrnas.data.segmentation import SegmentationDataset, build_segmentation_dataset
+from hrnas.data.generators import ensure_generated
 from hrnas.tasks.base import Task, TaskError, register_task
-from hrnas.tasks.seg_inference import infer_multiscale
-from hrnas.tasks.seg_metrics import ConfusionMatrix
+from hrnas.tasks.segmentation.datasets import SegmentationDataset, build_segmentation_dataset
+from hrnas.tasks.segmentation.inference import infer_multiscale
+from hrnas.tasks.segmentation.metrics import ConfusionMatrix
+from hrnas.tasks.segmentation.options import SegmentationOptions
+from hrnas.tasks.segmentation.transforms import SegEvalTransform, SegTrainTransform
 
 DEFAULT_DEMO_ROOT = "data/demo"
+DEMO_GENERATOR = "demo_scenes"
+"""The data generator (:mod:`hrnas.data.generators`) that writes the ``demo`` format."""
 
 
 def prepare_demo_data(root: str | Path, progress: bool = True) -> Path:
-    """Generate the demo scenes under ``root`` when missing (deterministic; see ``hrnas.data.demo_scenes``)."""
-    from hrnas.data.demo_scenes import ensure_demo_scenes
-
-    return ensure_demo_scenes(root, progress=progress)
+    """Generate the demo scenes under ``root`` when missing (deterministic; the ``demo_scenes`` generator)."""
+    return ensure_generated(DEMO_GENERATOR, root, progress=progress)
 
 
-@register_task("segmentation")
+@register_task
 class SegmentationTask(Task):
+    """Segmentation head + pixel cross-entropy + mIoU.
+
+    Batches are ``(images (B, 3, H, W) float, labels (B, H, W) int64)``; the network output is logits
+    ``(B, C, H/4, W/4)``.
+    """
+
     name = "segmentation"
+    options = SegmentationOptions
+    data_formats = ("cityscapes", "ade20k", "folder", "demo")
     head_kinds = ("segmentation",)
     metric = "miou"
 
     @property
     def data_format(self) -> str:
+        """The reader of ``data.format`` (the demo scenes are read as Cityscapes)."""
         fmt = self.cfg.data.format
-        if fmt not in ("cityscapes", "ade20k", "folder", "demo"):
-            raise TaskError(f"data.format: {fmt!r} is not a segmentation format (cityscapes, ade20k, folder, demo)")
+        if fmt not in self.data_formats:
+            raise TaskError(f"data.format: {fmt!r} is not a segmentation format ({', '.join(self.data_formats)})")
         return "cityscapes" if fmt == "demo" else fmt
 
     @property
@@ -121,3 +135,13 @@ class SegmentationTask(Task):
             "mean_acc": float(result["mean_acc"]),
             "iou": [float(v) for v in result["iou"]],
         }
+
+    def predict(self, model: nn.Module, inputs: Sequence[str], out_dir: Path, split: str | None = None) -> list[Path]:
+        """Label maps and overlays of the image files ``inputs`` (:mod:`hrnas.tasks.segmentation.predict`)."""
+        from hrnas.tasks.segmentation.predict import predict_segmentation
+
+        if split is not None:
+            raise TaskError(f"predict: task {self.name!r} predicts the image files given, not --split")
+        if not inputs:
+            raise TaskError(f"predict: give the image files to run task {self.name!r} on")
+        return predict_segmentation(self, model, inputs, out_dir)

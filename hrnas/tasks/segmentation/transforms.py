@@ -25,9 +25,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD
+
 IGNORE_INDEX = 255
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # = (123.675, 116.28, 103.53) / 255
-IMAGENET_STD = (0.229, 0.224, 0.225)  # = (58.395, 57.12, 57.375) / 255
 
 
 def _spatial_size(flat_inputs: list[Any]) -> tuple[int, int]:

@@ -11,12 +11,12 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from hrnas.data import classification
-from hrnas.data.classification import (
+from hrnas.data.errors import DatasetError
+from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD
+from hrnas.tasks.classification import datasets as classification
+from hrnas.tasks.classification.datasets import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     FashionMNISTClassification,
     ImageFolderClassification,
     TFCenterCrop,
@@ -26,7 +26,6 @@ from hrnas.data.classification import (
     imagenet_train_transform,
     topk_accuracy,
 )
-from hrnas.data.errors import DatasetError
 
 
 def make_image_folder(root, classes=("cat", "dog"), per_class=2, size=(40, 30)):

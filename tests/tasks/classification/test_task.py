@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,16 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from hrnas.data import classification as cls_data
 from hrnas.data.errors import DatasetError
-from hrnas.engine.config import load_config
+from hrnas.engine.config import ConfigError, load_config
 from hrnas.engine.data import eval_loader
 from hrnas.engine.trainer import load_model_from_checkpoint, train
 from hrnas.space.cost import cost
 from hrnas.space.network import build_model
 from hrnas.space.spec import NetSpec
 from hrnas.tasks.base import TaskError, get_task
-from hrnas.tasks.classification import ClassificationTask, RandomShiftFlip
+from hrnas.tasks.classification import datasets as cls_data
+from hrnas.tasks.classification.task import ClassificationTask, RandomShiftFlip
 
 CLASSES = ("ant", "bee", "cow")
 
@@ -261,7 +262,7 @@ def test_predict_files_prints_top5(
     model = build_model(task.build_spec(), init="mnas").eval()
     image = tmp_path / "shoe.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(image)
-    (out,) = task.predict_files(model, [image], tmp_path / "pred")
+    (out,) = task.predict(model, [image], tmp_path / "pred")
     records = json.loads(out.read_text())
     assert records[0]["image"] == str(image) and len(records[0]["top5"]) == 5
     probs = [r["probability"] for r in records[0]["top5"]]
@@ -275,7 +276,7 @@ def test_predict_files_prints_top5(
         )
     )
     model = build_model(folder_task.build_spec(), init="mnas").eval()
-    (out,) = folder_task.predict_files(model, [image_root / "val" / "bee" / "0.png"], tmp_path / "pred2")
+    (out,) = folder_task.predict(model, [image_root / "val" / "bee" / "0.png"], tmp_path / "pred2")
     top = json.loads(out.read_text())[0]["top5"]
     assert len(top) == 3 and {r["class"] for r in top} == set(CLASSES)
 
@@ -320,8 +321,12 @@ def test_config_mismatches_are_errors(image_root: Path, tmp_path: Path) -> None:
         get_task(load_config("imagenet_search", base)).build_spec()
     with pytest.raises(TaskError, match=r"data.crop_size: classification uses square inputs, got \[32, 24\]"):
         get_task(load_config("imagenet_search", [*base, "data.crop_size=[32, 24]"])).train_dataset()
+    with pytest.raises(ConfigError, match="data.format: 'coco_keypoints' is not one of imagefolder, fashion_mnist"):
+        load_config("imagenet_search", [*base, "data.format=coco_keypoints"])
+    cfg = load_config("imagenet_search", base)
+    wrong = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, format="coco_keypoints"))
     with pytest.raises(TaskError, match="data.format: 'coco_keypoints' is not a classification format"):
-        ClassificationTask(load_config("imagenet_search", [*base, "data.format=coco_keypoints"])).num_outputs()
+        ClassificationTask(wrong).num_outputs()
     root = write_image_folder(tmp_path / "other", {"train": 1})
     write_image_folder(root, {"val": 1}, classes=("ant", "bee", "cat"))
     task = get_task(load_config("imagenet_search", [f"data.root={root}", "task.num_classes=0"]))

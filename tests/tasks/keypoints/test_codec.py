@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrnas.tasks.pose_codec import (
+from hrnas.tasks.keypoints.codec import (
     affine_points,
     decode_heatmaps,
     flip_heatmaps,

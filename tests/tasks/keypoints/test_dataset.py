@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from hrnas.data.errors import DatasetError
-from hrnas.data.keypoints import (
+from hrnas.tasks.keypoints.codec import decode_heatmaps, get_affine_transform, transform_preds
+from hrnas.tasks.keypoints.dataset import (
     COCO_PERSON_KEYPOINTS,
     COCO_PERSON_SIGMAS,
     DEFAULT_OKS_SIGMA,
@@ -22,7 +23,6 @@ from hrnas.data.keypoints import (
     keypoint_category,
     load_coco,
 )
-from hrnas.tasks.pose_codec import decode_heatmaps, get_affine_transform, transform_preds
 
 # Relative (x, y) of the 17 COCO joints inside a person box.
 PERSON_TEMPLATE = np.array(

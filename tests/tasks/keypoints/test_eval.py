@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from hrnas.data.keypoints import COCO_PERSON_KEYPOINTS, CocoKeypoints, load_coco
-from hrnas.tasks.pose_codec import decode_heatmaps, transform_preds
-from hrnas.tasks.pose_eval import (
+from hrnas.tasks.keypoints.codec import decode_heatmaps, transform_preds
+from hrnas.tasks.keypoints.dataset import COCO_PERSON_KEYPOINTS, CocoKeypoints, load_coco
+from hrnas.tasks.keypoints.eval import (
     KEYPOINT_METRICS,
     evaluate_coco_keypoints,
     make_keypoint_results,

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from hrnas.data.errors import DatasetError
-from hrnas.engine.config import load_config
+from hrnas.engine.config import ConfigError, load_config
 from hrnas.engine.data import eval_loader
 from hrnas.engine.trainer import load_model_from_checkpoint, train
 from hrnas.space.cost import cost
@@ -96,7 +96,7 @@ SEARCH_NOW = ["search.rho_free_steps=0", "search.rho_warmup_steps=1", "search.mi
 def _overrides(root: Path, *extra: str) -> list[str]:
     return [
         f"data.root={root}",
-        "data.ann_file=annotations/kp_{split}.json",
+        "task.ann_file=annotations/kp_{split}.json",
         "data.train_split=train",
         "data.val_split=val",
         "model.spec=test_kpt",
@@ -172,7 +172,7 @@ def test_detections_replace_ground_truth_boxes_for_evaluation(coco_root: Path, t
     dets.append({"image_id": 1, "category_id": 1, "bbox": [0, 0, 30, 30], "score": 0.9})
     det_file = tmp_path / "dets.json"
     det_file.write_text(json.dumps(dets))
-    task = _task(coco_root, f"data.det_file={det_file}", "data.crop_size=[64, 48]")
+    task = _task(coco_root, f"task.det_file={det_file}", "data.crop_size=[64, 48]")
     dataset = task.val_dataset()
     assert len(dataset) == len(dets) and {r["ann_id"] for r in dataset.records} == {-1}
     assert all(r["ann_id"] > 0 for r in task.train_dataset().records)  # training keeps the labelled boxes
@@ -244,7 +244,7 @@ def test_coco_supernet_trains_two_steps(coco_root: Path, tmp_path: Path) -> None
 
 
 def test_demo_scenes_are_generated_when_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hrnas.data import demo_scenes
+    from hrnas.demos import scenes as demo_scenes
 
     made = []
 
@@ -271,7 +271,7 @@ def test_predict_draws_keypoints(coco_root: Path, tmp_path: Path, capsys: pytest
     annotated = coco_root / "val" / "0001.png"
     other = tmp_path / "elsewhere.png"
     cv2.imwrite(str(other), np.zeros((50, 70, 3), np.uint8))
-    written = task.predict_files(model, [annotated, other], tmp_path / "pred")
+    written = task.predict(model, [annotated, other], tmp_path / "pred")
     assert [p.name for p in written] == ["0001_keypoints.png", "elsewhere_keypoints.png", "keypoints.json"]
     assert cv2.imread(str(written[1])).shape == (50, 70, 3)
     records = json.loads(written[-1].read_text())
@@ -325,7 +325,7 @@ def test_bad_annotations_are_one_line_errors(corrupt, tmp_path: Path, capsys: py
     write_coco(root, "val", 2, seed=1)
     expected = corrupt(root)
     args = ["train", "demo_pose", "--run-dir", str(tmp_path / "run")]
-    extra = ["data.det_file=dets.json"] if corrupt is _detection_outside else []
+    extra = ["task.det_file=dets.json"] if corrupt is _detection_outside else []
     for item in _overrides(root, *extra):
         args += ["--set", item]
     line = _cli_error(args, capsys)
@@ -352,10 +352,10 @@ def test_config_errors(coco_root: Path) -> None:
     with pytest.raises(TaskError, match=r"data.crop_size: \[66, 48\] must be divisible by 4"):
         _task(coco_root, "data.crop_size=[66, 48]").train_dataset()
     with pytest.raises(TaskError, match="may only contain the placeholder"):
-        _task(coco_root, "data.ann_file=annotations/{name}.json").val_dataset()
+        _task(coco_root, "task.ann_file=annotations/{name}.json").val_dataset()
     with pytest.raises(DatasetError, match="kp_nope.json: annotation file not found"):
         _task(coco_root, "data.val_split=nope").val_dataset()
-    with pytest.raises(TaskError, match="'fashion_mnist' is not a keypoint format"):
+    with pytest.raises(ConfigError, match="'fashion_mnist' is not one of coco_keypoints, demo"):
         _task(coco_root, "data.format=fashion_mnist").val_dataset()
 
 

@@ -12,8 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from hrnas.data.errors import DatasetError
-from hrnas.data.seg_transforms import SegTrainTransform
-from hrnas.data.segmentation import (
+from hrnas.tasks.segmentation.datasets import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
     CITYSCAPES_LABEL_TO_TRAIN_ID,
@@ -22,6 +21,7 @@ from hrnas.data.segmentation import (
     FolderSegmentation,
     build_segmentation_dataset,
 )
+from hrnas.tasks.segmentation.transforms import SegTrainTransform
 
 
 def save_image(path: Path, height: int = 8, width: int = 12, seed: int = 0) -> Path:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrnas.tasks.seg_inference import infer_multiscale, infer_slide, infer_whole
+from hrnas.tasks.segmentation.inference import infer_multiscale, infer_slide, infer_whole
 
 NUM_CLASSES = 5
 

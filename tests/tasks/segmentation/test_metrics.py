@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hrnas.tasks.seg_metrics import ConfusionMatrix
+from hrnas.tasks.segmentation.metrics import ConfusionMatrix
 
 
 def reference_metrics(pairs: list[tuple[torch.Tensor, torch.Tensor]], num_classes: int, ignore: int) -> dict:

@@ -9,9 +9,8 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from hrnas.data.seg_transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD
+from hrnas.tasks.segmentation.transforms import (
     PadTo,
     PhotoMetricDistortion,
     RandomRescale,
