@@ -1,4 +1,10 @@
-"""The ``hrnas`` command line. Each subcommand parses its arguments and delegates to the library."""
+"""The ``hrnas`` command line. Each subcommand parses its arguments and delegates to the library.
+
+Task-specific behaviour comes from the task registry (:mod:`hrnas.tasks.base`): ``cost`` asks which task
+claims a spec and reports that task's whole-model cost, ``evaluate``/``predict``/``export`` call the
+checkpoint's task, extra subcommands come from ``Task.cli_commands`` and the demos from
+:data:`hrnas.demos.DEMOS`; nothing here names a task.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,9 @@ from typing import Any
 
 EPILOG = """examples:
   hrnas demo                                   search, retrain, evaluate and export on the demo scenes
-  hrnas demo --task kitti                      the same for KITTI 3D detection on simulated LiDAR frames
-  hrnas zoo                                    list the zoo
+{demos}  hrnas zoo                                    list the zoo
   hrnas cost hrnas_cityscapes_supernet --input-size 512 1024 --no-transformer
-  hrnas cost pointpillars_bev --input-size 496 432   KITTI detector: VFE + backbone + anchor head
+  hrnas cost pointpillars_bev --input-size 496 432   a detector backbone: the whole detector, by part
   hrnas search demo_seg --set search.target_macs=20M
   hrnas retrain demo_seg --arch runs/demo_seg-search/arch.json
   hrnas evaluate runs/demo_seg-retrain/final.pt
@@ -39,14 +44,23 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _claiming_task(spec: Any) -> Any:
+    """The task class whose network is built around ``spec`` (None: the spec is the whole model)."""
+    from hrnas.tasks.base import task_classes
+
+    return next((cls for cls in task_classes() if cls.claims_spec(spec)), None)
+
+
 def cmd_cost(args: argparse.Namespace) -> int:
-    from hrnas.space.cost import cost, format_macs
-    from hrnas.tasks.kitti.cost import detector_cost, is_detection_spec
+    from hrnas.space.cost import format_macs
+    from hrnas.tasks.base import Task
 
     spec = _load_spec(args.spec, transformer=not args.no_transformer)
     size = tuple(args.input_size)
-    # KITTI backbones are costed as whole detectors (PillarVFE + backbone + anchor head), by part
-    c = detector_cost(spec, size, num_pillars=args.pillars) if is_detection_spec(spec) else cost(spec, size)
+    task = _claiming_task(spec) or Task
+    options = {o.dest: getattr(args, o.dest) for o in task.cost_options}
+    model_cost = task.model_cost(spec, size, **options)
+    c = model_cost.whole
     if args.json:
         out = {
             "spec": spec.name or args.spec,
@@ -55,6 +69,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
             "params": c.params,
             "groups": {k: {"macs": m, "params": p} for k, (m, p) in c.by_group().items()},
         }
+        if model_cost.backbone is not None:
+            out["backbone"] = {"macs": model_cost.backbone.macs, "params": model_cost.backbone.params}
         if args.per_module:
             out["modules"] = [{"path": i.path, "macs": i.macs, "params": i.params} for i in c.items]
         print(json.dumps(out, indent=1))
@@ -158,30 +174,36 @@ def _checkpoint_config(payload: dict[str, Any], overrides: Sequence[str]) -> Any
     return config_from_dict(payload["run_config"], overrides=list(overrides))
 
 
+def _checkpoint_task(args: argparse.Namespace, with_data: bool = True) -> tuple[Any, Any, Any, Any]:
+    """The model, spec, run config and task of the checkpoint ``args.checkpoint`` (with ``--set`` and
+    ``--data`` applied to its config when the command has them)."""
+    from hrnas.engine.trainer import load_model_from_checkpoint
+    from hrnas.tasks.base import get_task
+
+    model, spec, payload = load_model_from_checkpoint(args.checkpoint)
+    overrides = list(getattr(args, "set", None) or [])
+    if with_data and getattr(args, "data", None):
+        overrides.append(f"data.root={args.data}")
+    cfg = _checkpoint_config(payload, overrides)
+    return model, spec, cfg, get_task(cfg)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from hrnas.engine.data import eval_loader
-    from hrnas.engine.trainer import load_model_from_checkpoint
-    from hrnas.space.cost import cost
-    from hrnas.tasks.base import get_task
+    from hrnas.utils.atomic import atomic_write_text
 
-    model, spec, payload = load_model_from_checkpoint(args.checkpoint)
-    overrides = list(args.set or [])
-    if args.data:
-        overrides.append(f"data.root={args.data}")
-    cfg = _checkpoint_config(payload, overrides)
-    task = get_task(cfg)
+    model, spec, cfg, task = _checkpoint_task(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader = eval_loader(task.val_dataset(), cfg.data.eval_batch_size, workers=cfg.data.workers, collate=task.collate)
     metrics = task.evaluate(model.to(device), loader, device, progress=True)
-    c = cost(spec, tuple(cfg.penalty_input_size))
-    metrics = {**metrics, "macs": c.macs, "params": c.params, "checkpoint": str(args.checkpoint)}
+    c = task.model_cost(spec, tuple(cfg.penalty_input_size))
+    metrics = {**metrics, "macs": c.whole.macs, "params": c.whole.params}
+    if c.backbone is not None:
+        metrics.update(backbone_macs=c.backbone.macs, backbone_params=c.backbone.params)
+    metrics["checkpoint"] = str(args.checkpoint)
     if args.baselines:
-        if not hasattr(task, "baseline_metrics"):
-            from hrnas.tasks.base import TaskError
-
-            raise TaskError(f"--baselines: task {cfg.task.name!r} has no reference predictors")
         metrics["baselines"] = task.baseline_metrics()
     report = task.format_metrics(metrics)
     if report is not None:
@@ -190,62 +212,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         shown = {k: v for k, v in metrics.items() if not isinstance(v, list)}
         print(json.dumps(shown, indent=1))
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval_metrics.json")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(metrics, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hrnas.engine.trainer import load_model_from_checkpoint
-    from hrnas.tasks.predict import predict
-
-    model, spec, payload = load_model_from_checkpoint(args.checkpoint)
-    overrides = list(args.set or [])
-    if args.data:
-        overrides.append(f"data.root={args.data}")
-    cfg = _checkpoint_config(payload, overrides)
-    written = predict(cfg, model, args.images, Path(args.out), split=args.split)
+    model, _, _, task = _checkpoint_task(args)
+    written = task.predict(model, list(args.inputs), Path(args.out), split=args.split)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hrnas.engine.trainer import load_model_from_checkpoint
-    from hrnas.export.onnx import export_onnx
-    from hrnas.tasks.base import get_task
-
-    model, spec, payload = load_model_from_checkpoint(args.checkpoint)
-    task = get_task(_checkpoint_config(payload, []))
-    if hasattr(task, "export_onnx"):  # a network whose input is not one image tensor (KITTI: pillars)
-        report = task.export_onnx(model, args.output)
-        print(f"wrote {report.path}; onnxruntime vs PyTorch max abs diff {report.max_abs_diff:.3g}")
-        return 0
-    size = tuple(args.input_size) if args.input_size else tuple(payload["run_config"]["data"]["crop_size"])
-    report = export_onnx(model, args.output, input_size=size, in_channels=spec.stem.in_channels)
+    model, spec, _, task = _checkpoint_task(args, with_data=False)
+    size = tuple(args.input_size) if args.input_size else None
+    report = task.export(model, spec, Path(args.output), input_size=size)
     print(f"wrote {report.path}; onnxruntime vs PyTorch max abs diff {report.max_abs_diff:.3g}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if args.task == "kitti":
-        from hrnas.demos.kitti import run_kitti_demo
+    from hrnas.demos import DEMOS
 
-        out = Path(args.out or "runs/demo_kitti")
-        run_kitti_demo(out, Path(args.data) if args.data else None, quick=args.quick, overrides=args.set or [])
-        return 0
-    from hrnas.demo import run_demo
-
-    out, data = Path(args.out or "runs/demo"), Path(args.data or "data/demo")
-    run_demo(out_dir=out, data_root=data, quick=args.quick, overrides=args.set or [])
+    demo = DEMOS[args.task]
+    data = Path(args.data) if args.data else None
+    demo.run(Path(args.out or demo.out), data, quick=args.quick, overrides=list(args.set or []))
     return 0
-
-
-def cmd_kitti_eval(args: argparse.Namespace) -> int:
-    from hrnas.tasks.kitti.eval_cli import run
-
-    return run(args)
 
 
 # --- parser -----------------------------------------------------------------------------------------
@@ -260,24 +253,33 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hrnas.demos import DEFAULT_DEMO, DEMOS, demo_names
+    from hrnas.tasks.base import task_classes
+
+    others = "".join(f"  hrnas demo --task {name:<26s}{DEMOS[name].help}\n" for name in demo_names()[1:])
     parser = argparse.ArgumentParser(
         prog="hrnas",
         description="Search efficient high-resolution networks (HR-NAS) for your task and compute budget.",
-        epilog=EPILOG,
+        epilog=EPILOG.format(demos=others),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="search, retrain, evaluate and export on generated demo scenes (CPU, minutes)")
+    p = sub.add_parser("demo", help="search, retrain, evaluate and export on generated demo data (CPU, minutes)")
     p.add_argument(
         "--task",
-        choices=("segmentation", "kitti"),
-        default="segmentation",
-        help="segmentation (default) or kitti (3D detection on simulated LiDAR frames)",
+        choices=demo_names(),
+        default=DEFAULT_DEMO,
+        help="; ".join(f"{name}: {DEMOS[name].help}" for name in demo_names()) + f" (default {DEFAULT_DEMO})",
     )
-    p.add_argument("--out", help="output folder (default runs/demo, runs/demo_kitti for kitti)")
     p.add_argument(
-        "--data", help="demo dataset folder, generated if missing (default data/demo, data/kitti_sim_demo for kitti)"
+        "--out", help="output folder (default: " + ", ".join(f"{DEMOS[n].out} for {n}" for n in demo_names()) + ")"
+    )
+    p.add_argument(
+        "--data",
+        help="demo dataset folder, generated if missing (default: "
+        + ", ".join(f"{DEMOS[n].data} for {n}" for n in demo_names())
+        + ")",
     )
     p.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test of the pipeline)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a demo config value")
@@ -292,13 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-transformer", action="store_true", help="remove every transformer first")
     p.add_argument("--per-module", action="store_true", help="one row per block instead of per stage")
-    p.add_argument(
-        "--pillars",
-        type=int,
-        default=0,
-        metavar="N",
-        help="KITTI backbones: also count the PillarVFE's MACs for N pillars (default 0, as the published figures)",
-    )
+    flags: set[str] = set()
+    for cls in task_classes():
+        for o in cls.cost_options:
+            if o.flag not in flags:
+                flags.add(o.flag)
+                p.add_argument(o.flag, dest=o.dest, type=o.type, default=o.default, metavar=o.metavar,
+                               help=f"{cls.name} specs: {o.help}")
     p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("plot", help="draw an architecture (Fig. 4 style)")
@@ -329,16 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--out", help="metrics JSON (default: eval_metrics.json beside the checkpoint)")
     p.add_argument(
-        "--baselines", action="store_true", help="keypoints: also score the box-centre and mean-pose references"
+        "--baselines", action="store_true", help="also score the task's reference predictors (where it has some)"
     )
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="run a checkpoint on images (or a KITTI split) and write visualisations")
+    p = sub.add_parser("predict", help="run a checkpoint on files (or a dataset split) and write what it sees")
     p.add_argument("checkpoint")
-    p.add_argument("images", nargs="*", help="image files (not for KITTI, which reads --data/--split)")
+    p.add_argument("inputs", nargs="*", metavar="FILE", help="input files (for tasks that predict files)")
     p.add_argument("--out", required=True)
     p.add_argument("--data", help="dataset root (default: the one the checkpoint was trained on)")
-    p.add_argument("--split", help="KITTI: the ImageSets split to predict (default: the validation split)")
+    p.add_argument("--split", help="for tasks that predict dataset frames: the split (default: the validation split)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_predict)
 
@@ -348,11 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="default: the training crop")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("kitti-eval", help="official KITTI evaluation of result files against labels")
-    from hrnas.tasks.kitti.eval_cli import add_arguments
-
-    add_arguments(p)
-    p.set_defaults(func=cmd_kitti_eval)
+    for cls in task_classes():
+        for command in cls.cli_commands():
+            p = sub.add_parser(command.name, help=command.help)
+            command.add_arguments(p)
+            p.set_defaults(func=command.run)
     return parser
 
 
@@ -386,6 +388,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import hrnas.demos  # noqa: F401  (registers the data generators the tasks' demo formats use)
+
     parser = build_parser()
     args = parser.parse_args(argv)
     from hrnas.engine.allocator import tune_heap

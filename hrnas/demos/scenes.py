@@ -8,8 +8,9 @@ pasted opaquely, so the label map is exact: ``class id + 1`` of the last item pa
 0 = background, 11 classes in all. Train scenes draw items from the Fashion-MNIST train split,
 val scenes from its test split.
 
-The files follow the Cityscapes layout, so :class:`hrnas.data.segmentation.CityscapesSegmentation`
-reads them unchanged::
+The files follow the Cityscapes layout, so
+:class:`hrnas.tasks.segmentation.datasets.CityscapesSegmentation` reads them unchanged (the segmentation
+task's ``demo`` format), and the keypoints in COCO format, which the keypoint task reads::
 
     root/leftImg8bit/{train,val}/{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png
     root/gtFine/{train,val}/{city}/{city}_{seq:06d}_{frame:06d}_gtFine_labelTrainIds.png
@@ -42,6 +43,7 @@ from hrnas.utils.atomic import atomic_folder
 
 GENERATOR_VERSION = 1
 GENERATOR_NAME = "hrnas.data.demo_scenes"
+"""The generator's name in ``meta.json`` (the module's first home; kept so existing data sets stay valid)."""
 DEMO_CLASSES: tuple[str, ...] = ("background", *FASHION_MNIST_CLASSES)
 FOREGROUND_THRESHOLD = 40
 """An item pixel is foreground when its resized Fashion-MNIST intensity (0–255) is above this."""

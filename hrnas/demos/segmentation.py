@@ -1,4 +1,4 @@
-"""``hrnas demo``: the whole pipeline on a laptop CPU with no downloads.
+"""``hrnas demo`` (``--task segmentation``): the whole pipeline on a laptop CPU with no downloads.
 
 1. generate the demo scenes (real textures with Fashion-MNIST items pasted on them, exact labels) in
    the Cityscapes layout, if missing;
@@ -14,20 +14,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from hrnas.engine.config import load_config
 from hrnas.space.cost import cost, format_macs
+from hrnas.utils.atomic import atomic_write_text
 
-if TYPE_CHECKING:
-    from hrnas.engine.config import RunConfig
-    from hrnas.engine.trainer import TrainResult
-    from hrnas.tasks.base import Task
-
+DEFAULT_DATA_ROOT = "data/demo"
 DEMO_SEARCH = [
     "model.spec=hrnas_demo_supernet",
     "train.steps=500",
@@ -56,7 +51,7 @@ QUICK = [
 
 def background_miou(task: Any) -> float:
     """mIoU of predicting class 0 (background) everywhere on the validation split."""
-    from hrnas.tasks.seg_metrics import ConfusionMatrix
+    from hrnas.tasks.segmentation.metrics import ConfusionMatrix
 
     ds = task.val_dataset()
     matrix = ConfusionMatrix(task.num_outputs(), ignore_index=task.cfg.task.ignore_index)
@@ -65,62 +60,6 @@ def background_miou(task: Any) -> float:
         target = torch.as_tensor(target).unsqueeze(0)
         matrix.update(torch.zeros_like(target), target)
     return float(matrix.compute()["miou"])
-
-
-@dataclass(frozen=True)
-class SearchAndRetrain:
-    """The first two steps of a demo: both run configs, the task, the supernet spec and the input size
-    its MACs are counted at, both training results and the seconds each took."""
-
-    search_cfg: RunConfig
-    retrain_cfg: RunConfig
-    task: Task
-    supernet: Any  # the task's supernet spec (NetSpec or PointPillarsSpec)
-    input_size: tuple[int, ...]
-    searched: TrainResult
-    retrained: TrainResult
-    search_seconds: float
-    retrain_seconds: float
-
-
-def search_and_retrain(
-    preset: str,
-    search_overrides: Sequence[str],
-    retrain_overrides: Sequence[str],
-    out_dir: Path,
-    total_steps: int,
-    searched_what: str = "architecture",
-) -> SearchAndRetrain:
-    """Search ``preset`` into ``out_dir/search``, then retrain the searched network into
-    ``out_dir/retrain`` starting from the search's weights, printing steps 1 and 2 of ``total_steps``.
-
-    The short demo budget is spent better continuing from the search's weights than from scratch
-    (`hrnas retrain --init inherit`); benchmarks/searched_vs_uniform.py compares archs from scratch.
-    """
-    from hrnas.engine.checkpoint import load_checkpoint
-    from hrnas.engine.trainer import inference_state, train
-    from hrnas.tasks.base import get_task
-
-    search_cfg = load_config(preset, search_overrides)
-    retrain_cfg = load_config(preset, retrain_overrides)
-    size = tuple(search_cfg.penalty_input_size)
-    task = get_task(search_cfg)
-    supernet = task.build_spec()
-    print(
-        f"[1/{total_steps}] search: {supernet.name} ({format_macs(cost(supernet, size).macs)} MACs at "
-        f"{size[0]}×{size[1]}) → target {format_macs(search_cfg.search.target_macs)}"
-    )
-    t0 = time.perf_counter()
-    searched = train(search_cfg, out_dir / "search")
-    t_search = time.perf_counter() - t0
-
-    print(f"[2/{total_steps}] retrain the searched {searched_what} (weights inherited from the search)")
-    t0 = time.perf_counter()
-    init_state = inference_state(load_checkpoint(out_dir / "search" / "final.pt", expect_task=task.name))
-    retrained = train(retrain_cfg, out_dir / "retrain", arch=searched.spec, init_state=init_state)
-    return SearchAndRetrain(
-        search_cfg, retrain_cfg, task, supernet, size, searched, retrained, t_search, time.perf_counter() - t0
-    )
 
 
 def _real_image_batches(val: Any, size: tuple[int, int], count: int = 3) -> list[torch.Tensor] | None:
@@ -135,21 +74,26 @@ def _real_image_batches(val: Any, size: tuple[int, int], count: int = 3) -> list
 
 def run_demo(
     out_dir: Path = Path("runs/demo"),
-    data_root: Path = Path("data/demo"),
+    data_root: Path | None = None,
     quick: bool = False,
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """Run the segmentation demo (see the module docstring) into ``out_dir`` on the demo scenes at
+    ``data_root`` (default ``data/demo``, generated if missing); returns the report it writes to
+    ``out_dir/report.json``. ``quick`` runs a few steps (a smoke test); ``overrides`` are ``KEY=VALUE``
+    config overrides applied to both search and retrain."""
+    from hrnas.demos.common import search_and_retrain
+    from hrnas.demos.scenes import ensure_demo_scenes
     from hrnas.engine.trainer import load_model_from_checkpoint
     from hrnas.export.onnx import export_onnx
-    from hrnas.tasks.predict import predict_segmentation
-    from hrnas.tasks.segmentation import prepare_demo_data
 
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
+    data_root = Path(data_root) if data_root is not None else Path(DEFAULT_DATA_ROOT)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = [f"data.root={data_root}"]
     extra = QUICK if quick else []
-    prepare_demo_data(data_root)
+    ensure_demo_scenes(data_root)
 
     run = search_and_retrain(
         "demo_seg",
@@ -166,7 +110,7 @@ def run_demo(
     model, spec, _ = load_model_from_checkpoint(out_dir / "retrain" / "final.pt")
     val = task.val_dataset()
     images = [str(p) for p, _ in val.samples[:4]]
-    predict_segmentation(task, model, images, out_dir / "predictions")
+    task.predict(model, images, out_dir / "predictions")
 
     print("[4/4] export to ONNX")
     report = export_onnx(
@@ -194,7 +138,7 @@ def run_demo(
         },
         "search_log": [{k: r.get(k) for k in ("step", "macs", "step_time_s", "final")} for r in searched.search_log],
     }
-    (out_dir / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out_dir / "report.json", json.dumps(summary, indent=1) + "\n")
     print()
     print(f"supernet   {format_macs(sup.macs):>8s} MACs  {sup.params / 1e6:.3f} M params  ({supernet.name})")
     print(

@@ -16,10 +16,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from hrnas.data import demo_scenes as ds
 from hrnas.data.errors import DatasetError
 from hrnas.data.fashion_mnist import load_fashion_mnist
-from hrnas.data.segmentation import CityscapesSegmentation
+from hrnas.demos import scenes as ds
+from hrnas.tasks.segmentation.datasets import CityscapesSegmentation
 
 # pycocotools 2.x decoding under numpy 2 warns about __array__; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
