@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 
 from hrnas.data.errors import DatasetError
+from hrnas.utils.atomic import atomic_path
 
 ENV_VAR = "HRNAS_FASHION_MNIST"
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -165,7 +166,7 @@ def fetch_fashion_mnist(cache_dir: str | os.PathLike[str] | None = None) -> Path
 
     The ``.deb`` is fetched with ``apt-get download`` (no root needed) into a temporary folder
     inside ``cache_dir``, unpacked with ``dpkg-deb -x``, each file is checked with :func:`load_idx`,
-    then moved into place with ``os.replace``, so a reader never sees a half-written file.
+    then moved into place atomically (:mod:`hrnas.utils.atomic`), so a reader never sees a half-written file.
 
     Args:
         cache_dir: destination folder; default :func:`default_cache_dir`.
@@ -191,9 +192,8 @@ def fetch_fashion_mnist(cache_dir: str | os.PathLike[str] | None = None) -> Path
             raise DatasetError(f"{deb}: package lacks {', '.join(missing)}")
         for name in ALL_FILES:
             load_idx(found[name])
-            staged = workdir / name
-            shutil.copyfile(found[name], staged)
-            os.replace(staged, cache / name)
+            with atomic_path(cache / name) as staged:
+                shutil.copyfile(found[name], staged)
     return cache
 
 
