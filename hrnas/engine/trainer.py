@@ -44,6 +44,7 @@ from hrnas.space.network import build_model
 from hrnas.space.spec import NetSpec
 from hrnas.space.zoo import spec_from_dict
 from hrnas.tasks.base import Task, get_task
+from hrnas.utils.atomic import atomic_write_text
 from hrnas.utils.distributed import DistInfo, barrier, broadcast_object, init_distributed, unwrap_model
 from hrnas.utils.ema import ModelEma
 from hrnas.utils.progress import progress
@@ -424,7 +425,7 @@ class Trainer:
         self.save_last()
         if self.main:
             self.spec.save(self.run_dir / "arch.json")
-            (self.run_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+            atomic_write_text(self.run_dir / "final_metrics.json", json.dumps(metrics, indent=1) + "\n")
             if self.search is not None:
                 self._plot_search()
         self.logger.close()
