@@ -1,6 +1,13 @@
 """Fixtures of the task tests: one tiny run config per task for the suite over every registered task, and
 the data behind them.
 
+Each registered task ``NAME`` has a fixture ``NAME_tiny_config`` (one training step of the task's preset on a
+tiny data set with a tiny spec) and, when it predicts files, ``NAME_predict_inputs`` (the files to predict).
+
+Segmentation and keypoints: a tiny set of demo scenes (Cityscapes layout and COCO keypoint annotations,
+generated from the synthetic Fashion-MNIST of ``fashion_root``), read as ``cityscapes`` and
+``coco_keypoints``. Classification: the synthetic Fashion-MNIST itself.
+
 KITTI: a tiny simulated set (2 training + 1 validation frames) on a 64×64 pillar grid, with a tiny HR-NAS
 supernet and a tiny PointPillars backbone as spec files.
 """
@@ -14,6 +21,7 @@ import pytest
 
 from hrnas.demos.lidar import simulator as sim
 from hrnas.demos.lidar.raycast import ScannerConfig
+from hrnas.demos.scenes import generate_demo_scenes
 from hrnas.engine.config import RunConfig, load_config
 from hrnas.space.pointpillars import BEVBlockSpec, PointPillarsSpec
 from hrnas.space.zoo import kitti_supernet_spec
@@ -94,3 +102,72 @@ def kitti_tiny_config(kitti_root: Path, kitti_specs: dict[str, Path]) -> RunConf
     (``task.predict(model, [], out_dir)`` predicts the validation frame); export takes no input size (the
     pillar grid is the config's)."""
     return load_config("kitti", _kitti_overrides(kitti_root, kitti_specs["pp"], "train.steps=1"))
+
+
+TINY_RUN = (
+    "data.batch_size=2",
+    "data.eval_batch_size=2",
+    "data.workers=0",
+    "train.steps=1",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.checkpoint_every=0",
+    "train.bn_calib_batches=1",
+    "train.device=cpu",
+    "schedule.warmup_steps=0",
+    "search.enabled=false",
+)
+"""One training step on the CPU, evaluated at the end, nothing searched."""
+
+
+@pytest.fixture(scope="session")
+def scenes_root(tmp_path_factory: pytest.TempPathFactory, fashion_root: Path) -> Path:
+    """Four training and two validation demo scenes of 48×48 pixels (Cityscapes layout, COCO keypoints)."""
+    root = tmp_path_factory.mktemp("scenes") / "demo"
+    return generate_demo_scenes(
+        root, num_train=4, num_val=2, size=48, seed=1, progress=False, fashion_root=fashion_root
+    )
+
+
+@pytest.fixture
+def segmentation_tiny_config(scenes_root: Path) -> RunConfig:
+    """The ``demo_seg`` preset on the tiny scenes read as Cityscapes, ``test_seg`` at 32×32."""
+    return load_config(
+        "demo_seg",
+        [f"data.root={scenes_root}", "data.format=cityscapes", "model.spec=test_seg", "data.crop_size=[32, 32]",
+         *TINY_RUN],
+    )
+
+
+@pytest.fixture
+def segmentation_predict_inputs(scenes_root: Path) -> list[str]:
+    return [str(sorted((scenes_root / "leftImg8bit" / "val").rglob("*.png"))[0])]
+
+
+@pytest.fixture
+def keypoints_tiny_config(scenes_root: Path) -> RunConfig:
+    """The ``demo_pose`` preset on the tiny scenes' COCO keypoint files, ``test_kpt`` at 32×24."""
+    return load_config(
+        "demo_pose",
+        [f"data.root={scenes_root}", "data.format=coco_keypoints", "model.spec=test_kpt", "data.crop_size=[32, 24]",
+         "task.ann_file=annotations/demo_keypoints_{split}.json", *TINY_RUN],
+    )
+
+
+@pytest.fixture
+def keypoints_predict_inputs(scenes_root: Path) -> list[str]:
+    return [str(sorted((scenes_root / "leftImg8bit" / "val").rglob("*.png"))[0])]
+
+
+@pytest.fixture
+def classification_tiny_config(fashion_root: Path) -> RunConfig:
+    """The ``demo_cls`` preset on the synthetic Fashion-MNIST (30 items per split), ``test_cls`` at 32×32."""
+    return load_config(
+        "demo_cls",
+        [f"data.root={fashion_root}", "model.spec=test_cls", "data.crop_size=[32, 32]", *TINY_RUN],
+    )
+
+
+@pytest.fixture
+def classification_predict_inputs(scenes_root: Path) -> list[str]:
+    return [str(sorted((scenes_root / "leftImg8bit" / "val").rglob("*.png"))[0])]
