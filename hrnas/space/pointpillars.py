@@ -10,24 +10,22 @@ activation to ``up_channels``. The upsampled maps, which must all have the same 
 The stock configuration (``pointpillar.yaml``: LAYER_NUMS 3/5/5, LAYER_STRIDES 2/2/2, NUM_FILTERS
 64/128/256, UPSAMPLE_STRIDES 1/2/4, NUM_UPSAMPLE_FILTERS 128×3) maps the 64×496×432 pseudo-image to
 384×248×216. Like :class:`~hrnas.space.spec.NetSpec`, the spec is a frozen dataclass with a strict JSON
-form whose errors name the bad value (``blocks[1].up_stride: ...``); ``kind`` tells the two apart in a
-JSON file. Its exact cost is :func:`hrnas.space.cost.cost`; :func:`hrnas.space.network.build_model`
-builds it.
+form whose errors name the bad value (``blocks[1].up_stride: ...``) and the same JSON methods
+(:class:`~hrnas.space.spec.SpecJson`); ``kind`` tells the two apart in a JSON file. Its exact cost is
+:func:`hrnas.space.cost.cost`; :func:`hrnas.space.network.build_model` builds it.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hrnas.space.layers import ConvBNAct, make_activation, make_bn
-from hrnas.space.spec import ACTIVATIONS, SpecError, _expect_mapping, _float, _int, _list
+from hrnas.space.spec import ACTIVATIONS, SpecError, SpecJson, _expect_mapping, _float, _int, _list
 
 POINTPILLARS_KIND = "pointpillars"
 HW = tuple[int, int]
@@ -50,7 +48,7 @@ class BEVBlockSpec:
 
 
 @dataclass(frozen=True)
-class PointPillarsSpec:
+class PointPillarsSpec(SpecJson):
     """A PointPillars BEV backbone: ``blocks`` applied in sequence, every block's output upsampled to
     the common output resolution and concatenated (see the module docstring)."""
 
@@ -105,7 +103,7 @@ class PointPillarsSpec:
         """Product of all block strides (8 for the stock backbone)."""
         return math.prod(b.stride for b in self.blocks)
 
-    # --- serialisation -----------------------------------------------------------------------------
+    # --- serialisation (SpecJson: to_json, from_dict, from_json, save, load) --------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -126,35 +124,9 @@ class PointPillarsSpec:
             "bn_eps": self.bn_eps,
         }
 
-    def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
     @classmethod
-    def from_dict(cls, data: Any) -> PointPillarsSpec:
+    def _from_plain(cls, data: Any) -> PointPillarsSpec:
         return _parse(data)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "<json>") -> PointPillarsSpec:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        try:
-            return _parse(data)
-        except SpecError as exc:
-            raise SpecError(f"{source}: {exc}") from None
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> PointPillarsSpec:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise SpecError(f"{path}: cannot read spec file ({exc.strerror})") from None
-        return cls.from_json(text, source=str(path))
 
 
 def _parse(data: Any) -> PointPillarsSpec:

@@ -2,8 +2,10 @@
 
 A :class:`NetSpec` is the single source of truth for the supernet, a searched network, the zoo,
 cost accounting and export (HR-NAS §2). It is made of frozen dataclasses with a strict JSON form:
-unknown keys and inconsistent values are rejected with the path of the offending value, e.g.
-``stages[2].parallel[1][0].hidden: 2 entries but kernel_sizes has 3``.
+unknown keys, keys given twice and inconsistent values are rejected with the path of the offending
+value, e.g. ``stages[2].parallel[1][0].hidden: 2 entries but kernel_sizes has 3``. The JSON methods
+(:class:`SpecJson`: ``to_json``, ``from_dict``, ``from_json``, atomic ``save``, ``load``) are shared with
+the other spec kind, :class:`~hrnas.space.pointpillars.PointPillarsSpec`.
 
 Layout (spec §2.3): a stem of stride-2 3×3 convolutions brings the input to 1/2^len(stem), then every
 stage is a *fusion module* (neighbour-only exchange between branches, plus optionally one new,
@@ -16,9 +18,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from hrnas.utils.atomic import atomic_write_text
 
 ACTIVATIONS = ("relu", "swish")
 DENSE_HEAD_KINDS = ("segmentation", "keypoints", "detection")
@@ -26,6 +31,78 @@ DENSE_HEAD_KINDS = ("segmentation", "keypoints", "detection")
 
 class SpecError(ValueError):
     """A spec is malformed or inconsistent; the message starts with the path of the bad value."""
+
+
+# --- the JSON form shared by the spec kinds ---------------------------------------------------------
+
+
+def parse_json(text: str, source: str = "<json>") -> Any:
+    """Plain data from JSON ``text``; raises :class:`SpecError` naming ``source`` when the text is not
+    valid JSON or an object gives a key twice (JSON would silently keep the last value)."""
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise SpecError(f"{source}: key {key!r} is given twice")
+            out[key] = value
+        return out
+
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def read_json_file(path: str | os.PathLike[str]) -> Any:
+    """Plain data from a spec JSON file; errors (unreadable, invalid, a key given twice) name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec file ({exc.strerror})") from None
+    return parse_json(text, source=str(path))
+
+
+_S = TypeVar("_S", bound="SpecJson")
+
+
+class SpecJson:
+    """The JSON methods of a spec kind. A subclass (a frozen dataclass) implements :meth:`to_dict` and
+    :meth:`_from_plain` (plain data → validated spec, :class:`SpecError` naming the bad value)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain (JSON-able) form."""
+        raise NotImplementedError
+
+    @classmethod
+    def _from_plain(cls: type[_S], data: Any) -> _S:
+        raise NotImplementedError
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls: type[_S], data: Any, source: str | None = None) -> _S:
+        """The spec of plain ``data``; errors are prefixed with ``source`` when given."""
+        try:
+            return cls._from_plain(data)
+        except SpecError as exc:
+            if source is None:
+                raise
+            raise SpecError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_json(cls: type[_S], text: str, source: str = "<json>") -> _S:
+        return cls.from_dict(parse_json(text, source), source)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the JSON form to ``path`` atomically (readers see the old file or the new one)."""
+        atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls: type[_S], path: str | os.PathLike[str]) -> _S:
+        return cls.from_dict(read_json_file(path), source=str(path))
 
 
 @dataclass(frozen=True)
@@ -128,7 +205,7 @@ HeadSpec = ClassificationHeadSpec | DenseHeadSpec
 
 
 @dataclass(frozen=True)
-class NetSpec:
+class NetSpec(SpecJson):
     """A whole network: stem, stages and head, plus the layer conventions shared by every block."""
 
     stem: StemSpec
@@ -203,39 +280,13 @@ class NetSpec:
         """A copy with every transformer removed (``num_queries = 0`` in every block)."""
         return self.replace_blocks({p: replace(b, num_queries=0) for p, b in self.blocks() if b.num_queries})
 
-    # --- serialisation -----------------------------------------------------------------------------
+    # --- serialisation (SpecJson) ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
 
-    def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
     @classmethod
-    def from_dict(cls, data: Any) -> NetSpec:
+    def _from_plain(cls, data: Any) -> NetSpec:
         return _parse_net(data)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "<json>") -> NetSpec:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        try:
-            return _parse_net(data)
-        except SpecError as exc:
-            raise SpecError(f"{source}: {exc}") from None
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> NetSpec:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise SpecError(f"{path}: cannot read spec file ({exc.strerror})") from None
-        return cls.from_json(text, source=str(path))
 
 
 # --- JSON conversion -------------------------------------------------------------------------------
@@ -504,7 +555,10 @@ __all__ = [
     "HeadSpec",
     "NetSpec",
     "SpecError",
+    "SpecJson",
     "StageSpec",
     "StemSpec",
+    "parse_json",
+    "read_json_file",
     "validate",
 ]

@@ -10,7 +10,6 @@ blocks. ``hrnas_imagenet_ref`` is the searched ImageNet architecture of the auth
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from hrnas.space.spec import (
     SpecError,
     StageSpec,
     StemSpec,
+    read_json_file,
 )
 
 SUPERNET_STAGES: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = (
@@ -288,27 +288,14 @@ def resolve_spec(ref: str | AnySpec, transformer: bool = True, key: str = "model
 
 
 def spec_from_dict(data: Any, source: str = "<json>") -> AnySpec:
-    """A NetSpec, or a PointPillarsSpec when ``data["kind"] == "pointpillars"``."""
-    try:
-        if isinstance(data, dict) and data.get("kind") == POINTPILLARS_KIND:
-            return PointPillarsSpec.from_dict(data)
-        return NetSpec.from_dict(data)
-    except SpecError as exc:
-        raise SpecError(f"{source}: {exc}") from None
+    """A NetSpec, or a PointPillarsSpec when ``data["kind"] == "pointpillars"``; errors start with ``source``."""
+    kind = PointPillarsSpec if isinstance(data, dict) and data.get("kind") == POINTPILLARS_KIND else NetSpec
+    return kind.from_dict(data, source)
 
 
 def load_spec_file(path: str | Path) -> AnySpec:
     """Read a spec JSON file of either kind (see :func:`spec_from_dict`); errors name the file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec file ({exc.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    return spec_from_dict(data, source=str(path))
+    return spec_from_dict(read_json_file(path), source=str(path))
 
 
 def _supernet(name: str, head: str, num_outputs: int, **kw: object) -> Callable[[], NetSpec]:

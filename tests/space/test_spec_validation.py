@@ -1,4 +1,5 @@
-"""Bad specs are rejected with the path of the bad value; the CLI turns that into a one-line error."""
+"""Bad specs (and JSON keys given twice) are rejected with the path of the bad value; the CLI turns that
+into a one-line error; specs are saved atomically."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hrnas.space.spec import NetSpec, SpecError
-from hrnas.space.zoo import ZooError, get_spec
+from hrnas.space.zoo import ZooError, get_spec, load_spec_file
 
 
 def _spec_dict() -> dict:
@@ -78,13 +79,58 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
         NetSpec.load(bad)
 
 
+def _twice(key: str, text: str) -> str:
+    """``text`` (a JSON object) with its first ``"key": value`` given a second time right after it."""
+    start = text.index(f'"{key}":')
+    end = text.index("\n", start)
+    item = text[start:end].rstrip(",")
+    return text[:start] + item + ",\n " + text[start:]
+
+
+@pytest.mark.parametrize("kind", ["test_seg", "pointpillars_bev"])
+def test_a_key_given_twice_is_rejected_with_the_file_and_the_key(tmp_path: Path, kind: str) -> None:
+    spec = get_spec(kind)
+    key = "bn_eps" if kind == "test_seg" else "up_stride"  # top level / inside a block
+    text = _twice(key, spec.to_json())
+    assert json.loads(text) == spec.to_dict()  # plain JSON would silently keep the last value
+    path = tmp_path / "twice.json"
+    path.write_text(text)
+    for read in (type(spec).load, load_spec_file):
+        with pytest.raises(SpecError, match=rf"twice\.json: key '{key}' is given twice"):
+            read(path)
+    with pytest.raises(SpecError, match=rf"<json>: key '{key}' is given twice"):
+        type(spec).from_json(text)
+    assert type(spec).from_json(spec.to_json()) == spec
+
+
+def test_save_replaces_the_file_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "arch.json"
+    path.write_text("previous")
+    spec = get_spec("test_seg")
+    spec.save(path)
+    assert path.read_text() == spec.to_json() + "\n" and NetSpec.load(path) == spec
+    assert [p.name for p in tmp_path.iterdir()] == ["arch.json"]  # no temporary file left beside it
+
+
+def test_spec_kinds_share_one_json_implementation() -> None:
+    from hrnas.space.pointpillars import PointPillarsSpec
+    from hrnas.space.spec import SpecJson
+
+    for cls in (NetSpec, PointPillarsSpec):
+        assert issubclass(cls, SpecJson)
+        for name in ("to_json", "from_dict", "from_json", "save", "load"):
+            assert name not in vars(cls), (cls.__name__, name)
+
+
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
         (None, "no_such_net"),
         ("{broken", "not valid JSON"),
         (json.dumps({**_spec_dict(), "foo": 1}), "foo: unknown key"),
+        (_twice("name", get_spec("test_seg").to_json()), "key 'name' is given twice"),
     ],
+    ids=["unknown-name", "invalid-json", "unknown-key", "key-twice"],
 )
 def test_cli_cost_errors(tmp_path: Path, content: str | None, needle: str) -> None:
     target = "no_such_net"
