@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import hrnas.demos  # noqa: F401  (registers the data generators)
 from hrnas.data.fashion_mnist import SPLIT_FILES
@@ -46,3 +48,12 @@ def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _write_idx(folder / SPLIT_FILES[split][0], items)
         _write_idx(folder / SPLIT_FILES[split][1], labels)
     return folder
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """Run the test on one thread: tiny networks run faster so, and much faster when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

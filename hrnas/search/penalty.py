@@ -50,6 +50,14 @@ def mean_unit_cost(units: dict[str, BlockUnits]) -> float:
     return total / count
 
 
+def _on_device(tables: dict[str, Tensor], path: str, device: torch.device) -> Tensor:
+    """``tables[path]`` on ``device``, moved there (and kept there) on first use."""
+    table = tables[path]
+    if table.device != device:
+        table = tables[path] = table.to(device)
+    return table
+
+
 class ResourcePenalty:
     """``Σ π·|γ|`` over the channels and queries of a model built from ``spec``.
 
@@ -127,17 +135,11 @@ class ResourcePenalty:
         for path, dw_bn, q_bn in iter_factor_modules(search_blocks(model, self.spec)):
             if dw_bn is not None:
                 gamma = dw_bn.weight
-                pi = self._channel_pi[path]
-                if pi.device != gamma.device:
-                    pi = pi.to(gamma.device)
-                    self._channel_pi[path] = pi
+                pi = _on_device(self._channel_pi, path, gamma.device)
                 terms.append((gamma.abs().float() * pi).sum())
             if q_bn is not None:
                 gamma = q_bn.weight
-                prices = self._query_prices[path]
-                if prices.device != gamma.device:
-                    prices = prices.to(gamma.device)
-                    self._query_prices[path] = prices
+                prices = _on_device(self._query_prices, path, gamma.device)
                 # counted on the device (no host sync); π is a constant of the step
                 alive = (gamma.detach().abs() > self.threshold).sum().clamp(min=1)
                 pi_q = (prices[alive - 1] / self.normalizer).float()

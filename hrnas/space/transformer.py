@@ -60,7 +60,10 @@ class FeedForward(nn.Sequential):
         )
 
 
-class EncoderLayer(nn.Module):
+class _PostNormLayer(nn.Module):
+    """Attention and a feed-forward network, each followed by dropout, a residual and a LayerNorm; the
+    encoder and the decoder differ only in what attends to what (their ``forward``)."""
+
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
         self.attn = Attention(dim, dropout)
@@ -69,20 +72,14 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
+
+class EncoderLayer(_PostNormLayer):
     def forward(self, tokens: Tensor) -> Tensor:
         tokens = self.norm1(tokens + self.drop(self.attn(tokens, tokens)))
         return self.norm2(tokens + self.drop(self.ffn(tokens)))
 
 
-class DecoderLayer(nn.Module):
-    def __init__(self, dim: int, dropout: float) -> None:
-        super().__init__()
-        self.attn = Attention(dim, dropout)
-        self.norm1 = nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.drop = nn.Dropout(dropout)
-
+class DecoderLayer(_PostNormLayer):
     def forward(self, queries: Tensor, memory: Tensor) -> Tensor:
         out = self.norm1(memory + self.drop(self.attn(queries, memory)))
         return self.norm2(out + self.drop(self.ffn(out)))

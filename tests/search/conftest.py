@@ -14,12 +14,8 @@ from hrnas.space.zoo import get_spec
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    """The tiny networks run faster on one thread, and much faster when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _tiny_networks_on_one_thread(single_thread: None) -> None:
+    """Every search test runs on one thread (``single_thread`` of tests/conftest.py)."""
 
 
 @torch.no_grad()

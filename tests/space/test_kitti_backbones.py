@@ -21,12 +21,7 @@ from hrnas.space.zoo import get_spec, load_spec_file, spec_from_dict
 GRID = (496, 432)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --- published figures --------------------------------------------------------------------------------
