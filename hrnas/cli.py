@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hrnas.demos import DEFAULT_DEMO, DEMOS, demo_names
     from hrnas.tasks.base import task_classes
 
-    others = "".join(f"  hrnas demo --task {name:<26s}{DEMOS[name].help}\n" for name in demo_names()[1:])
+    others = "".join(f"  hrnas demo --task {name:<27s}{DEMOS[name].help}\n" for name in demo_names()[1:])
     parser = argparse.ArgumentParser(
         prog="hrnas",
         description="Search efficient high-resolution networks (HR-NAS) for your task and compute budget.",
@@ -299,8 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         for o in cls.cost_options:
             if o.flag not in flags:
                 flags.add(o.flag)
-                p.add_argument(o.flag, dest=o.dest, type=o.type, default=o.default, metavar=o.metavar,
-                               help=f"{cls.name} specs: {o.help}")
+                p.add_argument(o.flag, dest=o.dest, type=o.type, default=o.default, metavar=o.metavar, help=o.help)
     p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("plot", help="draw an architecture (Fig. 4 style)")
