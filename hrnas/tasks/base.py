@@ -263,6 +263,15 @@ class Task:
         reads. Default: the task predicts nothing."""
         raise TaskError(f"predict: not available for task {self.name!r}")
 
+    def prediction_files(self, inputs: Sequence[str], split: str | None) -> list[str]:
+        """The arguments of :meth:`predict` for a task that predicts the files given: ``inputs``, checked to
+        be some and to come without ``split`` (one-line TaskErrors otherwise)."""
+        if split is not None:
+            raise TaskError(f"predict: task {self.name!r} predicts the image files given, not --split")
+        if not inputs:
+            raise TaskError(f"predict: give the image files to run task {self.name!r} on")
+        return list(inputs)
+
     def export(self, model: nn.Module, spec: Any, output: Path, input_size: tuple[int, int] | None = None
                ) -> CheckedExport:
         """Export the deployed network to ONNX at ``output``, checked in ONNX Runtime (``hrnas export``).

@@ -90,7 +90,7 @@ class RandomShiftFlip:
 class TorchRandom(random.Random):
     """A ``random.Random`` whose draws come from torch's global RNG.
 
-    :class:`~hrnas.data.classification.TFRandomResizedCrop` draws from a ``random.Random``; giving it
+    :class:`~hrnas.tasks.classification.datasets.TFRandomResizedCrop` draws from a ``random.Random``; giving it
     this one makes its crops follow the per-sample torch seeds of the engine (``hrnas.engine.data``), so
     ImageNet batches are reproducible and resumable like every other task's.
     """
@@ -317,10 +317,7 @@ class ClassificationTask(Task):
         float}, ...]}`` in the order of ``inputs``. Class names come from the dataset named by the
         config (class indices when it is not available). Returns ``[predictions.json]``.
         """
-        if split is not None:
-            raise TaskError(f"predict: task {self.name!r} predicts the image files given, not --split")
-        if not inputs:
-            raise TaskError(f"predict: give the image files to run task {self.name!r} on")
+        inputs = self.prediction_files(inputs, split)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.eval()

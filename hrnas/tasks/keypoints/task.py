@@ -286,11 +286,7 @@ class KeypointsTask(Task):
         """Draw the predicted keypoints on the image files ``inputs`` (:mod:`hrnas.tasks.keypoints.predict`)."""
         from hrnas.tasks.keypoints.predict import predict_keypoints
 
-        if split is not None:
-            raise TaskError(f"predict: task {self.name!r} predicts the image files given, not --split")
-        if not inputs:
-            raise TaskError(f"predict: give the image files to run task {self.name!r} on")
-        return predict_keypoints(self, model, inputs, out_dir)
+        return predict_keypoints(self, model, self.prediction_files(inputs, split), out_dir)
 
     def prediction_context(self) -> tuple[KeypointCategory | None, CocoKeypoints | None]:
         """The validation annotations when they are on this machine (boxes, skeleton, flip pairs), else None."""

@@ -140,8 +140,4 @@ class SegmentationTask(Task):
         """Label maps and overlays of the image files ``inputs`` (:mod:`hrnas.tasks.segmentation.predict`)."""
         from hrnas.tasks.segmentation.predict import predict_segmentation
 
-        if split is not None:
-            raise TaskError(f"predict: task {self.name!r} predicts the image files given, not --split")
-        if not inputs:
-            raise TaskError(f"predict: give the image files to run task {self.name!r} on")
-        return predict_segmentation(self, model, inputs, out_dir)
+        return predict_segmentation(self, model, self.prediction_files(inputs, split), out_dir)
