@@ -25,13 +25,7 @@ from hrnas.tasks.classification.task import ClassificationTask, RandomShiftFlip
 CLASSES = ("ant", "bee", "cow")
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny networks run faster on one thread, and much faster when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def write_image_folder(root: Path, per_class: dict[str, int] | None = None, classes=CLASSES) -> Path:

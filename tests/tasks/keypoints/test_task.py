@@ -28,13 +28,7 @@ NAMES = ["top", "bottom", "left_tip", "right_tip", "center"]
 SIZE = 128
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny networks run faster on one thread, and much faster when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def write_coco(root: Path, split: str, num_images: int, seed: int, keypoints: bool = True) -> None:
