@@ -14,11 +14,10 @@ supernet and a tiny PointPillars backbone as spec files.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from hrnas.demos.lidar import simulator as sim
 from hrnas.demos.lidar.raycast import ScannerConfig
@@ -33,16 +32,6 @@ KITTI_GRID = (
     "data.crop_size=[64, 64]",
 )
 """A 25.6 m × 25.6 m area in front of the car at 0.4 m pillars: a 64×64 pseudo-image."""
-
-
-@pytest.fixture
-def single_thread() -> Iterator[None]:
-    """Torch on one thread for the test: tiny networks run faster so, and much faster when the cores are
-    shared (use with ``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
