@@ -32,19 +32,13 @@ SETTINGS = [
 ]
 MIN_IOU = {1: 0.7, 2: 0.5, 3: 0.5}
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture
 def root(kitti_root: Path) -> Path:
     """The tiny simulated set of tests/tasks/conftest.py (2 training frames, 1 validation frame)."""
     return kitti_root
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def setup(root: Path, spec, tmp_path: Path) -> tuple[KittiTask, torch.nn.Module, dict]:
