@@ -127,9 +127,11 @@ class LightTransformer(nn.Module):
         batch = x.shape[0]
         tokens = self.tokens(x).flatten(2)  # (B, n, g·g)
         memory = self.encoder(tokens)
-        # a copy per image, not an expanded view: a view of a parameter as a module's input breaks torch's
-        # module tracker (FlopCounterMode) under no_grad / inference_mode
-        queries = self.query_embed.unsqueeze(0).repeat(batch, 1, 1)
+        # Without autograd the queries are a view of the detached parameter: an expanded view of a parameter
+        # that requires grad, fed to a module under no_grad / inference_mode, breaks torch's module tracker
+        # (FlopCounterMode). A view rather than a copy keeps every kernel, and so every output bit, the same.
+        embed = self.query_embed if torch.is_grad_enabled() else self.query_embed.detach()
+        queries = embed.unsqueeze(0).expand(batch, -1, -1)
         decoded = self.decoder(queries, memory)
         maps = decoded.reshape(batch, self.num_queries, self.grid, self.grid)
         out = self.reverse_norm(self.reverse(maps))
