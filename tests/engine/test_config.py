@@ -97,7 +97,7 @@ def test_unknown_section(tmp_path):
         ("train:\n  compile: 1\n", r"train.compile: expected bool, got int 1"),
         ("data:\n  crop_size: [512]\n", r"data.crop_size: expected 2 entries, got 1"),
         ("data:\n  crop_size: [512, x]\n", r"data.crop_size\[1\]: expected int, got str 'x'"),
-        ("task:\n  name: detection\n", r"task.name: 'detection' is not one of classification, .*segmentation"),
+        ("task:\n  name: detection\n", r"task.name: 'detection' is not one of .*classification, .*segmentation"),
         ("train:\n  amp: off\n", r"train.amp: expected str .*got bool False.*quote"),
         ("search:\n  target_macs: 300MB\n", r"search.target_macs: expected MAC count"),
         ("optim:\n  lr: -1\n", r"optim.lr: -1.0 is below the minimum"),
