@@ -250,7 +250,13 @@ class SearchConfig:
         min_saving_macs: shrink only when the dead units would save at least this many MACs (at
             ``penalty_input_size``) — or at the last step. Accepts ``1M``-style sizes.
         target_macs: MAC budget of the searched network at ``penalty_input_size``; null = no target
-            (the final size is an outcome of ρ, as in the paper). Accepts ``300M``/``1.4G``.
+            (the final size is an outcome of ρ, as in the paper). Accepts ``300M``/``1.4G``. With a
+            target the network's MACs follow a geometric path from the supernet (at ``rho_free_steps``)
+            to the target (75 % of the way to the last step); ρ is adapted to follow it and the last
+            shrink prunes to the target.
+        path_tolerance: with ``target_macs``, a shrink that leaves the network more than this fraction
+            above the path (the penalty fell behind, e.g. in a short run) also removes the least
+            important alive units (|γ| per MAC) down to the path; ``.inf`` = never.
         penalty_input_size: ``[h, w]`` at which unit costs, savings and targets are measured; null = the
             training crop (``data.crop_size``). The paper profiles at 224×224 for every task.
         factor_lr_mult: learning-rate multiplier of the importance factors (the γ of every depthwise
@@ -269,6 +275,7 @@ class SearchConfig:
     shrink_every: int = option(0, minimum=0)
     min_saving_macs: int = option(1_000_000, minimum=0, macs=True)
     target_macs: int | None = option(None, minimum=1, macs=True)
+    path_tolerance: float = option(0.05, minimum=0.0)
     penalty_input_size: tuple[int, ...] | None = option(None, length=2, minimum=1)
     decide_on: str = option("ema_and_current", choices=("ema_and_current", "ema", "current"))
     factor_lr_mult: float = option(1.0, minimum=0.0)
@@ -653,6 +660,50 @@ def _check_legacy_keys(raw: Mapping[str, Any], src: _Source) -> None:
                 raise ConfigError(f"{src.of(key)}: {key}: {advice}")
 
 
+def _upgrade_stored_layout(raw: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (a checkpoint's ``run_config``) in the layout before task sections, read as today's.
+
+    That layout stored every field of every task: the keys a task's options replaced
+    (``TaskOptions.legacy_keys``, e.g. a whole section or ``data.ann_file``) and the other tasks' fields in
+    ``task:``. The replaced keys move into ``task:`` where the stored task's options have a field of that
+    name; whatever its options do not know is dropped. A config without any replaced key is returned as it
+    is, so files a user writes still get the one-line "moved to ..." errors.
+    """
+    legacy = [key for cls in task_classes() for key in cls.options.legacy_keys]
+    present = [key for key in legacy if _pop_dotted(raw, key, remove=False) is not _MISSING]
+    section = raw.get("task")
+    if not present or not isinstance(section, Mapping):
+        return raw
+    try:
+        options = task_class(str(section.get("name", DEFAULT_TASK))).options
+    except TaskError:
+        return raw  # the usual error names the unknown task
+    known = {f.name for f in fields(options)}
+    task = {k: v for k, v in section.items() if k in known}
+    for key in present:
+        value = _pop_dotted(raw, key, remove=True)
+        moved = value.items() if isinstance(value, Mapping) else [(key.rsplit(".", 1)[-1], value)]
+        for name, item in moved:
+            if name in known and name not in task and item is not None:
+                task[name] = item
+    raw["task"] = task
+    return raw
+
+
+_MISSING = object()
+
+
+def _pop_dotted(raw: dict[str, Any], key: str, remove: bool) -> Any:
+    """The value at dotted ``key`` (removed from ``raw`` when ``remove``), or ``_MISSING``."""
+    *parents, last = key.split(".")
+    node: Any = raw
+    for part in parents:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    if not isinstance(node, dict) or last not in node:
+        return _MISSING
+    return node.pop(last) if remove else node[last]
+
+
 def _build(cls: Any, data: Mapping[str, Any], prefix: str, src: _Source) -> Any:
     hints = typing.get_type_hints(cls)
     known = [f.name for f in fields(cls)]
@@ -714,7 +765,7 @@ def config_from_dict(
         raise ConfigError(f"{source}: 'base' is only allowed in config files")
     src = _Source()
     src.default = source
-    data = _apply_raw_overrides(_merge({}, raw), overrides, src)
+    data = _apply_raw_overrides(_upgrade_stored_layout(_merge({}, raw)), overrides, src)
     _check_legacy_keys(data, src)
     cfg = _build(RunConfig, data, "", src)
     _validate(cfg, src)

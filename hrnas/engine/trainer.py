@@ -186,6 +186,7 @@ class Trainer:
                 budget=s.target_macs,
                 total_steps=cfg.train.steps,
                 decide_on=s.decide_on,
+                path_tolerance=s.path_tolerance,
                 cost_model=MAC_COST,
             )
         self.step = 0

@@ -3,10 +3,11 @@
 Budgets are in the unit of a :class:`~hrnas.space.cost_model.CostModel` (MACs by default) and measured
 at the penalty input size. Two tools:
 
-- :class:`RhoController` adapts ρ during the search so that the cost the network would have after a
-  shrink follows a path from the supernet's cost to the budget;
-- :func:`prune_to_budget` removes, at the end of the search, the least important remaining units until
-  the network fits the budget, landing in ``[(1 − tolerance)·budget, budget]``.
+- :class:`RhoController` defines a geometric cost *path* from the supernet's cost to the budget and
+  adapts ρ during the search so that the cost the network would have after a shrink follows it;
+- :func:`prune_to_budget` removes the least important remaining units until the network fits a cost,
+  landing in ``[(1 − tolerance)·cost, cost]``: at a scheduled shrink that the penalty left above the
+  path (down to the path's cost) and at the end of the search (down to the budget).
 """
 
 from __future__ import annotations
@@ -249,17 +250,22 @@ class RhoController:
     """Adapts ρ so that the network's cost follows a path to a budget (multiplicative integral control).
 
     Costs are in any one unit (that of the search's :class:`~hrnas.space.cost_model.CostModel`). The
-    *path* starts at ``start_cost`` (the supernet) at ``start_step`` (the end of the ρ warm-up) and
-    descends geometrically to ``target_cost`` at ``end_step`` (by default 75 % of the way from the
-    start to the last step, leaving the rest of the run to settle), then stays there:
-    ``path(t) = start·(target/start)^p`` with ``p = (t − start_step)/(end_step − start_step)`` in [0, 1].
+    *path* starts at ``start_cost`` (the supernet) at ``start_step`` (in a search, the step at which the
+    penalty starts, ``rho_free_steps``) and descends geometrically to ``target_cost`` at ``end_step``
+    (by default 75 % of the way from the start to the last step, leaving the rest of the run to settle),
+    then stays there: ``path(t) = start·(target/start)^p`` with
+    ``p = (t − start_step)/(end_step − start_step)`` in [0, 1].
 
-    Every ``update_every`` steps from ``start_step`` on, :meth:`update` receives the cost the network
-    would have after a shrink now (units with |γ| ≤ threshold removed) and sets
-    ``ρ ← clip(ρ·clip((cost/path)^gain, 1/max_factor, max_factor), rho_min, rho_max)``: ρ grows while the
-    network is larger than the path and shrinks while it is smaller. Because dead units stay at |γ| ≈ 0
-    only under pressure and a unit removed by a shrink cannot come back, the path reaches the target
-    before the end; the final :func:`prune_to_budget` removes whatever is still over the budget.
+    Every ``update_every`` steps from ``update_from`` on (in a search, the end of the ρ warm-up, so
+    that the control does not wind ρ up while the ramp holds the penalty back), :meth:`update`
+    receives the cost the network would have after a shrink now (units with |γ| ≤ threshold removed)
+    and sets ``ρ ← clip(ρ·clip((cost/path)^gain, 1/max_factor, max_factor), rho_min, rho_max)``: ρ grows
+    while the network is larger than the path and shrinks while it is smaller. On a long run this is
+    enough for the penalty to keep the network on the path. On a short one the factors cannot fall
+    below the threshold as fast as the path descends (an adaptive optimizer moves a factor by about
+    its learning rate per step, whatever ρ); the search controller then cuts the least important
+    units down to the path at each shrink (:meth:`hrnas.search.controller.SearchController.decide`),
+    and the final :func:`prune_to_budget` removes whatever is still over the budget.
 
     Args:
         rho: the starting ρ (> 0).
@@ -269,6 +275,7 @@ class RhoController:
         gain: exponent of the cost ratio per update.
         max_factor: the largest change of ρ per update (> 1).
         rho_min, rho_max: bounds of ρ; default ``rho/100`` and ``rho·100``.
+        update_from: the first step of the control (None = ``start_step``).
     """
 
     def __init__(
@@ -283,6 +290,7 @@ class RhoController:
         max_factor: float = 1.2,
         rho_min: float | None = None,
         rho_max: float | None = None,
+        update_from: int | None = None,
     ) -> None:
         if not rho > 0:
             raise ValueError(f"RhoController needs a starting rho > 0, got {rho}")
@@ -302,19 +310,24 @@ class RhoController:
         self.max_factor = float(max_factor)
         self.rho_min = float(rho_min) if rho_min is not None else self.rho / 100.0
         self.rho_max = float(rho_max) if rho_max is not None else self.rho * 100.0
+        self.update_from = int(update_from) if update_from is not None else self.start_step
         self.last_update: int | None = None
 
     def path_cost(self, step: int) -> float:
-        """The cost the network should have after ``step`` steps."""
+        """The cost the network should have after ``step`` steps: ``start_cost`` up to ``start_step``,
+        exactly ``target_cost`` from ``end_step`` on."""
         p = (step - self.start_step) / (self.end_step - self.start_step)
-        p = min(max(p, 0.0), 1.0)
+        if p <= 0.0:
+            return float(self.start_cost)
+        if p >= 1.0:
+            return float(self.target_cost)
         return self.start_cost * (self.target_cost / self.start_cost) ** p
 
     def due(self, step: int) -> bool:
         """Whether :meth:`update` should be called at ``step``."""
-        if step < self.start_step or step == self.last_update:
+        if step < self.update_from or step == self.last_update:
             return False
-        return (step - self.start_step) % self.update_every == 0
+        return (step - self.update_from) % self.update_every == 0
 
     def update(self, step: int, cost: float) -> float:
         """Adjust ρ from the cost measured at ``step``; return the new ρ. Mutates the controller."""
@@ -340,12 +353,13 @@ class RhoController:
             "max_factor": self.max_factor,
             "rho_min": self.rho_min,
             "rho_max": self.rho_max,
+            "update_from": self.update_from,
             "last_update": self.last_update,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict` (also from the ``start_macs``/``target_macs`` keys of older
-        checkpoints)."""
+        checkpoints; a state without ``update_from`` keeps this controller's)."""
         known = self.state_dict()
         for key, value in state.items():
             key = self._LEGACY_KEYS.get(key, key)

@@ -10,6 +10,16 @@ A loop using :class:`SearchController` looks like::
             res = ctl.shrink_now(model, optimizer, ema, step + 1, final=step + 1 == T)
             spec, model, optimizer = res.spec, res.model, res.optimizer  # re-wrap DDP, rebind the scheduler
 
+With a budget the shrinking is progressive whatever the number of steps: the network's cost follows a
+geometric path from the supernet (when the penalty starts, ``rho_free_steps``) to the budget (at
+``reach_fraction`` of the rest of the run). ρ is adapted so that the penalty kills units at the path's
+pace; every scheduled shrink removes the dead units and, when the network is still more than
+``path_tolerance`` above the path (a run too short for the factors to follow), also the least important
+alive units (|γ| per cost, as :func:`~hrnas.search.budget.prune_to_budget` ranks them) down to the path's
+cost, so each shrink makes at least the path's progress; the final shrink prunes to the budget. Each
+shrink's record says how far it got (cost before and after, the path's cost, the budget, units killed
+by the penalty and units cut).
+
 It is independent of the task: it only reads the search blocks of an :class:`~hrnas.space.network.HRNet`
 built from the spec. Costs (penalty weights, budget, savings) come from a
 :class:`~hrnas.space.cost_model.CostModel`, MACs by default; the shrink records report MACs. The EMA is
@@ -77,6 +87,22 @@ def architecture_record(spec: NetSpec) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _removed_units(keep: Keep, alive: Keep) -> tuple[int, int]:
+    """(units ``keep`` removes that ``alive`` marks dead, units it removes that are alive), channels
+    and queries together."""
+    killed = cut = 0
+    for path, k in keep.items():
+        a = alive[path]
+        pairs = [(k.channels, a.channels)]
+        if k.queries is not None and a.queries is not None:
+            pairs.append((k.queries, a.queries))
+        for kept, live in pairs:
+            removed = ~kept
+            killed += int((removed & ~live).sum())
+            cut += int((removed & live).sum())
+    return killed, cut
+
+
 class SearchController:
     """Penalty, ρ schedule/control and progressive shrinking for one search run.
 
@@ -92,14 +118,19 @@ class SearchController:
         shrink_every: :meth:`should_shrink` is True every this many steps (0 = never; the loop then decides).
         min_saving: a non-final shrink happens only when it saves at least this much (in the cost model's
             unit; the default is 1 M MACs).
-        budget: the cost budget at ``input_size`` (in the cost model's unit) or None. When set, ρ is
-            adapted by a :class:`~hrnas.search.budget.RhoController` and the final shrink prunes to it.
+        budget: the cost budget at ``input_size`` (in the cost model's unit) or None. When set, the
+            network follows a cost path to it: ρ is adapted by a
+            :class:`~hrnas.search.budget.RhoController`, scheduled shrinks cut down to the path when the
+            penalty is behind it, and the final shrink prunes to the budget.
         total_steps: the run's optimizer steps (required with ``budget``).
         decide_on: ``ema_and_current`` | ``ema`` | ``current``: which γ decide liveness (spec §4.5); the
             final shrink uses the EMA alone when ``ema_and_current``; without an EMA, the current model.
         rho_update_every: steps between ρ updates with a budget (None: 1/200 of the controlled span).
-        reach_fraction: where, between the end of the ρ warm-up and the last step, the cost path reaches
-            the budget.
+        reach_fraction: where, between ``rho_free_steps`` (the path's start) and the last step, the cost
+            path reaches the budget.
+        path_tolerance: with a budget, a non-final shrink that leaves the network above
+            ``(1 + path_tolerance)·path(step)`` after removing the dead units also cuts the least
+            important alive units down to the path's cost (``inf``: never).
         cost_model: prices the units and totals specs (:data:`~hrnas.space.cost_model.MAC_COST`).
 
     Raises:
@@ -124,6 +155,7 @@ class SearchController:
         decide_on: str = "ema_and_current",
         rho_update_every: int | None = None,
         reach_fraction: float = 0.75,
+        path_tolerance: float = 0.05,
         cost_model: CostModel = MAC_COST,
     ) -> None:
         if decide_on not in MODES:
@@ -132,6 +164,8 @@ class SearchController:
             raise ValueError(f"rho must be >= 0, got {rho}")
         if rho_warmup_steps < rho_free_steps:
             raise ValueError(f"rho_warmup_steps={rho_warmup_steps} is before rho_free_steps={rho_free_steps}")
+        if not path_tolerance >= 0:
+            raise ValueError(f"path_tolerance must be >= 0, got {path_tolerance}")
         self.spec = spec
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.threshold = float(threshold)
@@ -143,6 +177,7 @@ class SearchController:
         self.budget = budget
         self.total_steps = total_steps
         self.decide_on = decide_on
+        self.path_tolerance = float(path_tolerance)
         self.ema = ema
         self.cost_model = cost_model
         self.num_shrinks = 0
@@ -161,11 +196,18 @@ class SearchController:
                     f"the budget {self.budget} {unit} is below the minimum reachable cost {floor} {unit} at "
                     f"{self.input_size[0]}x{self.input_size[1]}"
                 )
-            start = self.rho_warmup_steps
+            # the path starts where the penalty does; ρ is controlled from the end of its warm-up
+            start = self.rho_free_steps
             end = max(start + 1, start + round(reach_fraction * (int(total_steps) - start)))
-            every = rho_update_every or max(1, (end - start) // 200)
+            every = rho_update_every or max(1, (end - self.rho_warmup_steps) // 200)
             self.rho_controller = RhoController(
-                self.rho, cost_model.total(spec, self.input_size), self.budget, start, end, update_every=every
+                self.rho,
+                cost_model.total(spec, self.input_size),
+                self.budget,
+                start,
+                end,
+                update_every=every,
+                update_from=self.rho_warmup_steps,
             )
 
     # --- penalty ------------------------------------------------------------------------------------
@@ -200,27 +242,54 @@ class SearchController:
             return "ema"
         return self.decide_on
 
-    def decide(self, model: nn.Module, final: bool = False) -> Keep:
-        """The keep decision a shrink would use now: the alive units; with a budget, never fewer than
-        the budget needs (when more died, the most important units by |γ| per cost up to the budget), and
-        at the ``final`` shrink pruned down to the budget. Nothing is mutated."""
+    def path_cost(self, step: int) -> float | None:
+        """The cost (at the penalty input size) the path asks for after ``step`` steps; None without a
+        budget."""
+        return None if self.rho_controller is None else self.rho_controller.path_cost(step)
+
+    def decide(self, model: nn.Module, final: bool = False, step: int | None = None) -> Keep:
+        """The keep decision a shrink would use now. Nothing is mutated.
+
+        The alive units (|γ| > threshold, read as ``decide_on`` says); with a budget:
+
+        - never fewer than the budget needs: when more died, the most important units by |γ| per cost
+          up to the budget (near-dead ones included);
+        - at the ``final`` shrink, pruned down to the budget;
+        - otherwise, when ``step`` is given and the alive units cost more than
+          ``(1 + path_tolerance)·path_cost(step)``, pruned down to the path's cost (the least
+          important alive units go, as :func:`~hrnas.search.budget.prune_to_budget` ranks them).
+
+        Without ``step`` only the units the penalty killed go (what :meth:`predicted_cost` measures).
+        """
+        return self._decide(model, final, step)[0]
+
+    def _decide(self, model: nn.Module, final: bool, step: int | None) -> tuple[Keep, Keep]:
+        """(:meth:`decide`'s keep decision, the alive units it started from)."""
         mode = self._mode(final)
         ema_module = None if self.ema is None else self.ema.module
-        keep = alive_masks(model, self.spec, self.threshold, ema_module, mode)
+        alive = alive_masks(model, self.spec, self.threshold, ema_module, mode)
+        keep = alive
         if self.budget is not None:
             ranking = ema_module if mode == "ema" and ema_module is not None else model
             cm = self.cost_model
-            undershoot = cm.total(kept_spec(self.spec, keep), self.input_size) < self.budget
-            if undershoot:
+            remaining = cm.total(kept_spec(self.spec, alive), self.input_size)
+            if remaining < self.budget:
                 # more units died than the budget asks for: never go below it; keep the most important
                 # units (by |γ| per cost) up to the budget, near-dead ones included
                 keep = prune_to_budget(ranking, self.spec, self.budget, self.input_size, None, cost_model=cm)
             elif final:
-                keep = prune_to_budget(ranking, self.spec, self.budget, self.input_size, keep, cost_model=cm)
-        return keep
+                keep = prune_to_budget(ranking, self.spec, self.budget, self.input_size, alive, cost_model=cm)
+            elif step is not None:
+                path = self.path_cost(step)
+                assert path is not None
+                if remaining > (1.0 + self.path_tolerance) * path:
+                    # the penalty is behind the path: cut the least important alive units down to it
+                    keep = prune_to_budget(ranking, self.spec, path, self.input_size, alive, cost_model=cm)
+        return keep, alive
 
     def predicted_cost(self, model: nn.Module) -> float:
-        """Cost (at the penalty input size) of the network a non-final shrink would leave now."""
+        """Cost (at the penalty input size) of the network left by removing the units the penalty
+        killed (no cut to the path): what the ρ control compares with the path."""
         return self.cost_model.total(kept_spec(self.spec, self.decide(model)), self.input_size)
 
     def should_shrink(self, step: int) -> bool:
@@ -236,7 +305,9 @@ class SearchController:
         final: bool = False,
         sync: Callable[[Any], Any] | None = None,
     ) -> ShrinkResult:
-        """Remove the dead units if that saves at least ``min_saving`` (any saving when ``final``).
+        """Remove the dead units — with a budget, also the units cut to follow the path or, when
+        ``final``, to reach the budget (:meth:`decide` at ``step``) — if that saves at least
+        ``min_saving`` (any saving when ``final``).
 
         Args:
             model: the trained model (possibly DDP-wrapped); not modified.
@@ -252,20 +323,28 @@ class SearchController:
             device/dtype/mode, the remapped optimizer, the EMA and a JSON-able record: ``step``,
             ``final``, ``shrunk``, ``decide_on``, ``macs_before``, ``macs``, ``params``, ``saving_macs``
             (MACs and parameters, whatever the cost model), ``target_macs`` (the budget, None without),
-            ``input_size``, ``rho`` (full), ``rho_t`` (scheduled), ``blocks`` (:func:`architecture_record`).
-            The controller's spec and penalty follow the new model.
+            ``input_size``, ``rho`` (full), ``rho_t`` (scheduled), ``blocks`` (:func:`architecture_record`)
+            and how far the shrink got in the cost model's unit (``cost_unit``): ``cost_before``,
+            ``cost`` (after; = before when not shrunk), ``path_cost`` (the path at ``step``), ``budget``
+            (both None without a budget), ``killed_units`` (channels and queries of the decision that
+            the penalty killed, |γ| ≤ threshold) and ``cut_units`` (alive ones it removes: to follow
+            the path, or at the final shrink to reach the budget). ``saving_macs`` and the unit counts
+            describe the decision, applied only when ``shrunk``. The controller's spec and penalty
+            follow the new model.
         """
         if ema is not None:
             self.ema = ema
         mode = self._mode(final)
-        keep = self.decide(model, final)
+        keep, alive = self._decide(model, final, step)
         if sync is not None:
             keep = keep_from_lists(sync(keep_to_lists(keep)))
         kept = kept_spec(self.spec, keep)
         cm = self.cost_model
-        saving = cm.total(self.spec, self.input_size) - cm.total(kept, self.input_size)
+        cost_before, cost_after = cm.total(self.spec, self.input_size), cm.total(kept, self.input_size)
+        saving = cost_before - cost_after
         do_shrink = saving > 0 and (final or saving >= self.min_saving)
         before, after = cost(self.spec, self.input_size), cost(kept, self.input_size)
+        killed, cut = _removed_units(keep, alive)
         record: dict[str, Any] = {
             "step": int(step),
             "final": bool(final),
@@ -279,6 +358,13 @@ class SearchController:
             "input_size": list(self.input_size),
             "rho": self.current_rho(),
             "rho_t": rho_at(step, self.current_rho(), self.rho_free_steps, self.rho_warmup_steps),
+            "cost_unit": cm.unit,
+            "cost_before": cost_before,
+            "cost": cost_after if do_shrink else cost_before,
+            "path_cost": self.path_cost(step),
+            "budget": self.budget,
+            "killed_units": killed,
+            "cut_units": cut,
         }
         if not do_shrink:
             record["blocks"] = architecture_record(self.spec)

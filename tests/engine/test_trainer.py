@@ -72,6 +72,8 @@ def test_search_reaches_budget_and_writes_outputs(demo_root: Path, tmp_path: Pat
     assert 0.97 * target <= macs <= target
     log = [json.loads(line) for line in (tmp_path / "run" / "search_log.jsonl").read_text().splitlines()]
     assert log[-1]["final"] and log[-1]["macs"] == macs
+    first = log[0]  # the shrink at step 3 of 6 made at least the cost path's progress
+    assert first["step"] == 3 and first["budget"] == target and first["cost"] <= 1.05 * first["path_cost"]
     assert (tmp_path / "run" / "config.yaml").exists()
     model, spec, payload = load_model_from_checkpoint(tmp_path / "run" / "final.pt")
     assert spec == arch and payload["kind"] == "inference"

@@ -117,3 +117,16 @@ def test_rho_controller_steers_a_simulated_search():
         level = 1_000_000 / (1 + ctl.rho / 1e-3)
         macs += 0.05 * (level - macs)
     assert macs == pytest.approx(400_000, rel=0.05)
+
+
+def test_rho_control_starts_after_the_path():
+    # the path starts where the penalty does; ρ is controlled only from the end of its warm-up
+    ctl = RhoController(1e-3, start_cost=1000, target_cost=250, start_step=10, end_step=110, update_from=40)
+    assert ctl.path_cost(10) == 1000.0 and ctl.path_cost(60) == pytest.approx(500) and ctl.path_cost(110) == 250.0
+    assert not any(ctl.due(s) for s in range(40)) and ctl.due(40)
+    state = ctl.state_dict()
+    assert state["update_from"] == 40
+    older = {k: v for k, v in state.items() if k != "update_from"}  # a checkpoint written before update_from
+    other = RhoController(1.0, 10, 5, 0, 1, update_from=7)
+    other.load_state_dict(older)
+    assert other.update_from == 7 and other.start_step == 10
