@@ -250,7 +250,13 @@ class SearchConfig:
         min_saving_macs: shrink only when the dead units would save at least this many MACs (at
             ``penalty_input_size``) — or at the last step. Accepts ``1M``-style sizes.
         target_macs: MAC budget of the searched network at ``penalty_input_size``; null = no target
-            (the final size is an outcome of ρ, as in the paper). Accepts ``300M``/``1.4G``.
+            (the final size is an outcome of ρ, as in the paper). Accepts ``300M``/``1.4G``. With a
+            target the network's MACs follow a geometric path from the supernet (at ``rho_free_steps``)
+            to the target (75 % of the way to the last step); ρ is adapted to follow it and the last
+            shrink prunes to the target.
+        path_tolerance: with ``target_macs``, a shrink that leaves the network more than this fraction
+            above the path (the penalty fell behind, e.g. in a short run) also removes the least
+            important alive units (|γ| per MAC) down to the path; ``.inf`` = never.
         penalty_input_size: ``[h, w]`` at which unit costs, savings and targets are measured; null = the
             training crop (``data.crop_size``). The paper profiles at 224×224 for every task.
         factor_lr_mult: learning-rate multiplier of the importance factors (the γ of every depthwise
@@ -269,6 +275,7 @@ class SearchConfig:
     shrink_every: int = option(0, minimum=0)
     min_saving_macs: int = option(1_000_000, minimum=0, macs=True)
     target_macs: int | None = option(None, minimum=1, macs=True)
+    path_tolerance: float = option(0.05, minimum=0.0)
     penalty_input_size: tuple[int, ...] | None = option(None, length=2, minimum=1)
     decide_on: str = option("ema_and_current", choices=("ema_and_current", "ema", "current"))
     factor_lr_mult: float = option(1.0, minimum=0.0)
