@@ -57,3 +57,43 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class CliResult:
+    """What one in-process ``hrnas`` command left behind: its exit code, stdout and stderr lines."""
+
+    def __init__(self, code: int, stdout: str, stderr: str) -> None:
+        self.code = code
+        self.stdout = stdout
+        self.stderr_lines = [line for line in stderr.splitlines() if line.strip()]
+
+    def assert_one_line_error(self, *fragments: str) -> str:
+        """Check the bad-input contract: a non-zero exit, exactly one stderr line, no traceback, and every
+        fragment (a file, key or value the message must name) in that line. Returns the line."""
+        assert self.code != 0, f"exit code 0; stdout: {self.stdout[-400:]}"
+        assert len(self.stderr_lines) == 1, "expected one stderr line, got:\n" + "\n".join(self.stderr_lines)
+        line = self.stderr_lines[0]
+        assert "Traceback" not in line
+        for fragment in fragments:
+            assert fragment in line, f"{fragment!r} not named in: {line}"
+        return line
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """Run ``hrnas`` in this process: ``run_cli(["cost", "x.json"])`` returns a :class:`CliResult`.
+    ``HRNAS_DEBUG`` is cleared so library errors are reported as one line."""
+    from hrnas.cli import main
+
+    monkeypatch.delenv("HRNAS_DEBUG", raising=False)
+
+    def run(argv: list[str]) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main([str(arg) for arg in argv])
+        except SystemExit as exit_:  # argparse usage errors
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
