@@ -45,9 +45,18 @@ from hrnas.space.spec import NetSpec
 from hrnas.space.zoo import spec_from_dict
 from hrnas.tasks.base import Task, get_task
 from hrnas.utils.atomic import atomic_write_text
-from hrnas.utils.distributed import DistInfo, barrier, broadcast_object, init_distributed, unwrap_model
+from hrnas.utils.distributed import (
+    DistInfo,
+    all_reduce_sum_,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    unwrap_model,
+)
 from hrnas.utils.ema import ModelEma
 from hrnas.utils.progress import progress
+from hrnas.utils.signals import StopSignals, TrainingStopped
+from hrnas.utils.threads import ThreadGovernor
 
 
 class TrainingDiverged(RuntimeError):
@@ -340,6 +349,14 @@ class Trainer:
             self.spec.save(self.run_dir / "arch.json")
 
     # --- the loop ----------------------------------------------------------------------------------
+    def _agreed_stop(self, signum: int | None) -> bool:
+        """Whether any rank got a stop signal (every rank must stop at the same step to write one
+        checkpoint); on a single process, whether this one did."""
+        if self.dist.world_size == 1:
+            return signum is not None
+        flag = torch.tensor([0.0 if signum is None else 1.0], device=self.device)
+        return bool(all_reduce_sum_(flag).item() > 0)
+
     def fit(self) -> TrainResult:
         cfg = self.cfg
         total = cfg.train.steps
@@ -359,64 +376,75 @@ class Trainer:
         window: list[float] = []
         if self.search is not None and self.main and self.step == 0:
             (self.run_dir / "search_log.jsonl").unlink(missing_ok=True)
-        while self.step < total:
-            t0 = time.perf_counter()
-            batch = self.task.to_device(next(batches), self.device, self.channels_last)
-            model = self._wrapped()
-            model.train()
-            with self.autocast():
-                output = self.task.forward(model, batch)
-                task_loss = self.task.loss(output, batch)
-            loss = task_loss
-            penalty = None
-            if self.search is not None:
-                penalty = self.search.penalty(self.model, self.step)
-                loss = loss + penalty
-            if wd > 0:
-                loss = loss + l2_penalty(self.model, wd)
-            if not torch.isfinite(loss.detach()).all():
-                raise TrainingDiverged(
-                    f"step {self.step}: loss is {loss.item()} (task loss {task_loss.item()}); stopped, the last "
-                    f"good checkpoint {self.run_dir / 'last.pt'} is kept — lower optim.lr or set optim.grad_clip"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                loss.backward()
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.scheduler.step()
-            self.ema.update(self.model)
-            self.step += 1
-            window.append(time.perf_counter() - t0)
-            window = window[-20:]
-            bar.update(1)
-            if self.step % cfg.train.log_every == 0 or self.step == total:
-                macs = cost(self.spec, tuple(cfg.penalty_input_size)).macs
-                scalars = {
-                    "loss": float(task_loss.detach()),
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "step_time_s": sum(window) / len(window),
-                }
-                if penalty is not None:
-                    scalars["penalty"] = float(penalty.detach())
-                    scalars["rho"] = self.search.last_rho
-                    scalars["macs"] = macs
-                self.logger.log(self.step, scalars, prefix="train/")
-                bar.set_postfix(loss=f"{scalars['loss']:.3f}", macs=format_macs(macs))
-            if self.search is not None and self.step < total and self.search.should_shrink(self.step):
-                self._shrink(final=False, step_time=sum(window) / len(window))
-            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < total:
-                self._after_eval(*self.evaluate())
-            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 and self.step < total:
-                self.save_last()
+        governor = ThreadGovernor(enabled=self.device.type == "cpu")
+        with StopSignals() as stop, governor:
+            while self.step < total:
+                governor.tick()
+                t0 = time.perf_counter()
+                batch = self.task.to_device(next(batches), self.device, self.channels_last)
+                model = self._wrapped()
+                model.train()
+                with self.autocast():
+                    output = self.task.forward(model, batch)
+                    task_loss = self.task.loss(output, batch)
+                loss = task_loss
+                penalty = None
+                if self.search is not None:
+                    penalty = self.search.penalty(self.model, self.step)
+                    loss = loss + penalty
+                if wd > 0:
+                    loss = loss + l2_penalty(self.model, wd)
+                if not torch.isfinite(loss.detach()).all():
+                    raise TrainingDiverged(
+                        f"step {self.step}: loss is {loss.item()} (task loss {task_loss.item()}); stopped, the last "
+                        f"good checkpoint {self.run_dir / 'last.pt'} is kept — lower optim.lr or set optim.grad_clip"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.unscale_(self.optimizer)
+                else:
+                    loss.backward()
+                if cfg.optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.scheduler.step()
+                self.ema.update(self.model)
+                self.step += 1
+                window.append(time.perf_counter() - t0)
+                window = window[-20:]
+                bar.update(1)
+                if self.step % cfg.train.log_every == 0 or self.step == total:
+                    macs = cost(self.spec, tuple(cfg.penalty_input_size)).macs
+                    scalars = {
+                        "loss": float(task_loss.detach()),
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "step_time_s": sum(window) / len(window),
+                    }
+                    if penalty is not None:
+                        scalars["penalty"] = float(penalty.detach())
+                        scalars["rho"] = self.search.last_rho
+                        scalars["macs"] = macs
+                    self.logger.log(self.step, scalars, prefix="train/")
+                    bar.set_postfix(loss=f"{scalars['loss']:.3f}", macs=format_macs(macs))
+                if self.search is not None and self.step < total and self.search.should_shrink(self.step):
+                    self._shrink(final=False, step_time=sum(window) / len(window))
+                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < total:
+                    self._after_eval(*self.evaluate())
+                if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 and self.step < total:
+                    self.save_last()
+                if self._agreed_stop(stop.requested):
+                    self.save_last()
+                    bar.close()
+                    raise TrainingStopped(
+                        f"stopped by {StopSignals.name(stop.requested)} at step {self.step}/{total}; resumable "
+                        f"checkpoint {self.run_dir / 'last.pt'} written (continue with --resume)",
+                        stop.requested,
+                    )
         bar.close()
         if self.search is not None:
             self._shrink(final=True, step_time=sum(window) / len(window) if window else None)

@@ -147,6 +147,37 @@ def test_resume_after_sigkill_matches_uninterrupted_run(demo_root: Path, tmp_pat
         assert torch.allclose(tensor.float(), b["model"][name].float(), atol=1e-6, rtol=0), name
 
 
+def test_sigterm_writes_a_resumable_checkpoint_at_the_current_step(demo_root: Path, tmp_path: Path) -> None:
+    """Periodic checkpoints off: SIGTERM mid-run still leaves last.pt at the step reached, exit 128+15."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "stopped"
+    cmd = _train_cmd(demo_root, run_dir, 400, "train.checkpoint_every=0", "train.log_every=1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (log.exists() and log.read_text().count("train/loss") >= 3):
+        assert proc.poll() is None, proc.stderr.read()[-2000:] if proc.stderr else "exited early"
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "SIGTERM" in lines[-1] and "last.pt" in lines[-1] and "Traceback" not in stderr
+    stopped_at = load_checkpoint(run_dir / "last.pt")["step"]
+    assert 3 <= stopped_at < 400
+    assert not (run_dir / "final.pt").exists()
+
+    resumed = subprocess.run(
+        [*_train_cmd(demo_root, run_dir, stopped_at + 2, "train.checkpoint_every=0"), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert load_checkpoint(run_dir / "last.pt")["step"] == stopped_at + 2
+
+
 DDP_SCRIPT = """
 import json, os, sys
 import hrnas.demos  # registers the demo-scene generator that data.format 'demo' asks for
