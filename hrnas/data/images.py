@@ -1,5 +1,10 @@
 """Image files shared by the tasks: decoding, the ImageNet normalisation, class colours and PNG writing.
 
+Every loader that decodes an image file goes through :func:`load_image` (or :func:`read_image` /
+:func:`read_image_array` on top of it), which applies the EXIF orientation tag the way photo viewers do:
+a phone picture stored sideways with "rotate 90°" in its EXIF is returned upright, so a mask or
+annotation drawn on the upright picture fits it. ``orient=False`` gives the pixels as stored.
+
 Readers raise :class:`~hrnas.data.errors.DatasetError` naming the file; writers are atomic
 (:mod:`hrnas.utils.atomic`), so a picture appears under its name complete or not at all.
 """
@@ -12,13 +17,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import tv_tensors
 
 from hrnas.data.errors import DatasetError
 from hrnas.utils.atomic import atomic_path
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "one_line", "palette", "read_image", "save_png"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "exif_orientation",
+    "load_image",
+    "one_line",
+    "oriented",
+    "palette",
+    "read_image",
+    "read_image_array",
+    "save_png",
+]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 """Per-channel RGB mean of ImageNet, on the [0, 1] scale (= (123.675, 116.28, 103.53) / 255)."""
@@ -31,13 +47,59 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def read_image(path: Path) -> tv_tensors.Image:
-    """Decode an image file to RGB uint8 ``(3, H, W)``; DatasetError naming the file if it cannot."""
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image (1 = as stored, also when there is none; 2-8 flip and/or
+    rotate)."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except (OSError, ValueError, SyntaxError):  # a corrupt EXIF block: the pixels are still usable
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def oriented(image: Image.Image) -> Image.Image:
+    """``image`` as a viewer shows it: its EXIF orientation applied (the same object when there is none)."""
+    return ImageOps.exif_transpose(image) if exif_orientation(image) != 1 else image
+
+
+def load_image(path: str | os.PathLike[str], *, orient: bool = True, what: str = "image") -> Image.Image:
+    """Decode an image file completely (the file is closed on return), EXIF orientation applied.
+
+    Args:
+        path: the image file (any format PIL reads: PNG, JPEG, ...).
+        orient: apply the EXIF orientation tag (``PIL.ImageOps.exif_transpose``), so the result is the
+            upright picture a viewer shows; False keeps the stored pixel layout. The mode (``RGB``, ``L``,
+            ``P`` with its palette, ``I;16``...) is kept either way.
+        what: what the file is, for the error message (``image``, ``mask``).
+
+    Raises:
+        DatasetError: ``{path}: {what} file not found`` or ``{path}: cannot decode {what} (...)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: {what} file not found")
     try:
         with Image.open(path) as image:
-            pixels = np.array(image.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+            image.load()
+            return oriented(image) if orient and exif_orientation(image) != 1 else image.copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"{path}: cannot decode {what} ({one_line(error)})") from None
+
+
+def read_image_array(path: str | os.PathLike[str], *, orient: bool = True) -> np.ndarray:
+    """Decode an image file to an RGB uint8 ``(H, W, 3)`` array (EXIF orientation applied unless
+    ``orient=False``); DatasetError naming the file if it cannot."""
+    image = load_image(path, orient=orient)
+    try:
+        return np.array(image.convert("RGB"))
+    except (OSError, ValueError) as error:
         raise DatasetError(f"{path}: cannot decode image ({one_line(error)})") from None
+
+
+def read_image(path: str | os.PathLike[str], *, orient: bool = True) -> tv_tensors.Image:
+    """Decode an image file to RGB uint8 ``(3, H, W)`` (EXIF orientation applied unless ``orient=False``);
+    DatasetError naming the file if it cannot."""
+    pixels = read_image_array(path, orient=orient)
     return tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
 
 

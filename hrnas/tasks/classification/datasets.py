@@ -31,7 +31,7 @@ from torchvision.transforms import functional as TF
 
 from hrnas.data.errors import DatasetError
 from hrnas.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
-from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD
+from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 
 __all__ = [
     "CLASSIFICATION_FORMATS",
@@ -199,15 +199,9 @@ def imagenet_eval_transform(size: int = 224, crop_pct: float = 0.875) -> Callabl
 
 # ---------------------------------------------------------------------------- datasets
 def _load_rgb(path: str) -> Image.Image:
-    """Decode an image file to RGB, raising :class:`DatasetError` naming the file when it is unreadable."""
-    try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")
-    except FileNotFoundError as err:
-        raise DatasetError(f"{path}: image file not found") from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DatasetError(f"{path}: corrupt or unreadable image ({type(err).__name__}: {err})") from err
+    """Decode an image file to RGB, EXIF orientation applied (:func:`hrnas.data.images.load_image`), raising
+    :class:`DatasetError` naming the file when it is missing or unreadable."""
+    return load_image(path).convert("RGB")
 
 
 def _has_image(folder: Path, extensions: tuple[str, ...]) -> bool:

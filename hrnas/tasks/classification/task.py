@@ -38,7 +38,7 @@ from torchvision import transforms as T
 
 from hrnas.data.errors import DatasetError
 from hrnas.data.fashion_mnist import FASHION_MNIST_CLASSES
-from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD
+from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from hrnas.tasks.base import Task, TaskError, register_task
 from hrnas.tasks.classification.datasets import (
     FASHION_MNIST_MEAN,
@@ -278,14 +278,7 @@ class ClassificationTask(Task):
     # --- prediction --------------------------------------------------------------------------------
     def _load_for_prediction(self, path: Path) -> Tensor:
         """One image file → the network input ``(3, S, S)``, prepared as the validation images are."""
-        if not path.is_file():
-            raise DatasetError(f"{path}: no such image")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                image = img.copy()
-        except (OSError, SyntaxError, ValueError) as err:
-            raise DatasetError(f"{path}: corrupt or unreadable image ({type(err).__name__}: {err})") from err
+        image = load_image(path)
         if self.data_format == "imagefolder":
             return self._eval_transform()(image.convert("RGB"))
         # Fashion-MNIST items are light objects on a black background, 28×28, padded to the input size.

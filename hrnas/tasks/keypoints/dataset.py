@@ -37,7 +37,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from hrnas.data.errors import DatasetError
-from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD
+from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image, oriented
 from hrnas.tasks.keypoints.codec import affine_points, get_affine_transform, render_heatmaps
 
 __all__ = [
@@ -497,14 +497,32 @@ class CocoKeypoints(Dataset):
         return float(torch.randn((), generator=self.generator))
 
     def _read_image(self, record: dict[str, Any]) -> np.ndarray:
-        path = self._image_path(record["image_id"])
+        """The RGB ``(H, W, 3)`` pixels the annotations of ``record``'s image refer to.
+
+        The EXIF orientation is applied (:func:`hrnas.data.images.load_image`) unless the annotation file
+        records the stored size and not the upright one (a set annotated on the pixels as stored, as
+        COCO was); a size that fits neither is refused, since the boxes and joints would not fit it.
+        """
+        image_id = record["image_id"]
+        path = self._image_path(image_id)
         where = f"annotation {record['ann_id']}" if record["ann_id"] >= 0 else "a detection"
         if not path.is_file():
-            raise DatasetError(f"{path}: image file not found (image {record['image_id']}, {where})")
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if image is None:
-            raise DatasetError(f"{path}: unreadable or corrupt image (image {record['image_id']}, {where})")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+            raise DatasetError(f"{path}: image file not found (image {image_id}, {where})")
+        try:
+            stored = load_image(path, orient=False)
+        except DatasetError as err:
+            raise DatasetError(f"{err} (image {image_id}, {where})") from None
+        upright = oriented(stored)
+        info = self.coco.imgs[image_id]
+        recorded = (int(info["width"]), int(info["height"]))
+        if upright.size != recorded:
+            if stored.size != recorded:
+                raise DatasetError(
+                    f"{path}: image is {upright.size[0]}x{upright.size[1]} but {self.ann_file.name} records "
+                    f"width {recorded[0]}, height {recorded[1]} for image {image_id}"
+                )
+            upright = stored
+        return np.array(upright.convert("RGB"))
 
     def _half_body(self, joints: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """HRNet ``half_body_transform``: a box around the upper or the lower labelled joints."""

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hrnas.data.errors import DatasetError
-from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD, palette, save_png
+from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD, palette, read_image_array, save_png
 from hrnas.tasks.keypoints.codec import decode_heatmaps, get_affine_transform, transform_preds
 from hrnas.utils.atomic import atomic_write_text
 
@@ -55,10 +55,7 @@ def predict_keypoints(task: KeypointsTask, model: nn.Module, images: Sequence[st
         path = Path(item)
         if not path.is_file():
             raise DatasetError(f"{path}: no such image")
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if bgr is None:
-            raise DatasetError(f"{path}: unreadable or corrupt image")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        rgb = read_image_array(path)
         boxes = task.boxes_for(path, rgb, ds)
         crops = []
         for center, scale, _, _ in boxes:

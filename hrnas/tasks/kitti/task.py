@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from hrnas.data.errors import DatasetError
+from hrnas.data.images import read_image_array
 from hrnas.space.cost import Cost, cost
 from hrnas.space.pointpillars import PointPillarsSpec
 from hrnas.space.spec import NetSpec, SpecError
@@ -458,10 +458,7 @@ class KittiTask(Task):
             gt = sample["gt_boxes"].numpy() if sample["annos"] is not None else None
             bev = draw_bev(sample["points"].numpy(), rng, gt, det.boxes.numpy(), names, det.scores.tolist())
             image_path = dataset.frame_files[index].image
-            bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise DatasetError(f"{image_path}: unreadable or corrupt image")
-            camera = draw_camera(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), sample["calib"], gt, det.boxes.numpy(), names)
+            camera = draw_camera(read_image_array(image_path), sample["calib"], gt, det.boxes.numpy(), names)
             for suffix, picture in (("bev", bev), ("image", camera)):
                 path = out_dir / f"{frame_id}_{suffix}.png"
                 ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))

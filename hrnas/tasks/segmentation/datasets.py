@@ -21,12 +21,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from hrnas.data.errors import DatasetError
-from hrnas.data.images import one_line, read_image
+from hrnas.data.images import load_image, one_line, read_image
 
 IGNORE_INDEX = 255
 
@@ -77,16 +76,12 @@ def _require_dir(path: Path, what: str) -> Path:
 
 def read_mask(path: Path) -> np.ndarray:
     """Decode a single-channel label PNG to its raw integer values ``(H, W)`` (palette indices for
-    mode ``P``); DatasetError naming the file if it is unreadable or has colour channels."""
-    try:
-        with Image.open(path) as mask:
-            mode = mask.mode
-            values = np.asarray(mask) if mode in _MASK_MODES else None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise DatasetError(f"{path}: cannot decode mask ({one_line(error)})") from None
-    if values is None:
-        raise DatasetError(f"{path}: mask must be single-channel, got PIL mode {mode}")
-    return values
+    mode ``P``), with its EXIF orientation applied as for the images (:func:`~hrnas.data.images.load_image`);
+    DatasetError naming the file if it is unreadable or has colour channels."""
+    mask = load_image(path, what="mask")
+    if mask.mode not in _MASK_MODES:
+        raise DatasetError(f"{path}: mask must be single-channel, got PIL mode {mask.mode} (expected L, P, I;16 or I)")
+    return np.asarray(mask)
 
 
 def load_class_names(path: Path) -> list[str]:
