@@ -7,6 +7,8 @@ offending file straight from the message.
 
 from __future__ import annotations
 
+from hrnas.utils.errors import HrnasError
 
-class DatasetError(ValueError):
+
+class DatasetError(HrnasError, ValueError):
     """A dataset on disk is missing, incomplete, corrupt or inconsistent with its class list."""

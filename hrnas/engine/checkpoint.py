@@ -25,12 +25,15 @@ import numpy as np
 import torch
 
 from hrnas.utils.atomic import TMP_MARKER, atomic_path
+from hrnas.utils.errors import HrnasError
 
 __all__ = [
     "CheckpointError",
     "FORMAT_KEY",
     "FORMAT_VERSION",
     "capture_rng_state",
+    "check_task_override",
+    "check_weights",
     "checkpoint_task",
     "load_checkpoint",
     "remove_stale_temp_files",
@@ -43,7 +46,7 @@ FORMAT_KEY = "hrnas_checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(HrnasError, RuntimeError):
     """A checkpoint cannot be written or read; the message starts with the file's path."""
 
 
@@ -120,21 +123,24 @@ def checkpoint_task(payload: Mapping[str, Any]) -> str | None:
 
 
 def load_checkpoint(path: str | os.PathLike[str], expect_task: str | None = None,
-                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+                    map_location: str | torch.device = "cpu", verify_weights: bool = True) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
 
     Args:
         path: the checkpoint file.
         expect_task: if given, the checkpoint must record this task (see :func:`checkpoint_task`).
         map_location: where tensors are loaded (CPU by default; move them where they are needed).
+        verify_weights: when the payload holds a ``spec`` and ``model`` weights, compare the weights with
+            the network the spec builds (:func:`check_weights`) before anyone calls ``load_state_dict``.
 
     Returns:
         The payload dict (including the ``hrnas_checkpoint`` format marker).
 
     Raises:
         CheckpointError: missing file (``{path}: no such checkpoint``), not a checkpoint (unreadable,
-            not a dict, or without the format marker), newer format, or task mismatch
-            (``{path}: checkpoint is for task 'A', not 'B'``).
+            truncated, not a dict, or without the format marker), newer format, task mismatch
+            (``{path}: checkpoint is for task 'A', not 'B'``), or weights that do not fit the stored spec
+            (the first tensor that differs, see :func:`check_weights`).
     """
     path = Path(path)
     if not path.exists():
@@ -161,7 +167,105 @@ def load_checkpoint(path: str | os.PathLike[str], expect_task: str | None = None
             raise CheckpointError(f"{path}: checkpoint does not record its task, expected '{expect_task}'")
         if task != expect_task:
             raise CheckpointError(f"{path}: checkpoint is for task '{task}', not '{expect_task}'")
+    if verify_weights and "spec" in payload and "model" in payload:
+        check_weights(path, payload)
     return payload
+
+
+def _shape(value: Any) -> str:
+    return "[" + ", ".join(str(n) for n in value.shape) + "]"
+
+
+def _compare_state(path: Path, what: str, state: Any, expected: Mapping[str, torch.Tensor]) -> None:
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: {what} is a {type(state).__name__}, expected a dict of tensors")
+    for name, want in expected.items():
+        if name not in state:
+            raise CheckpointError(f"{path}: {what} do not match the stored spec: tensor '{name}' "
+                                  f"{_shape(want)} of its network is missing from the file")
+        have = state[name]
+        if not isinstance(have, torch.Tensor):
+            raise CheckpointError(f"{path}: {what}: '{name}' is a {type(have).__name__}, expected a tensor "
+                                  f"{_shape(want)}")
+        if have.shape != want.shape:
+            raise CheckpointError(f"{path}: {what} do not match the stored spec: tensor '{name}' is "
+                                  f"{_shape(have)} in the file, the spec builds {_shape(want)}")
+    for name, have in state.items():
+        if name not in expected:
+            shown = _shape(have) if isinstance(have, torch.Tensor) else type(have).__name__
+            raise CheckpointError(f"{path}: {what} do not match the stored spec: tensor '{name}' {shown} in "
+                                  "the file has no place in the spec's network")
+
+
+def _expected_state(path: Path, payload: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The state dict (on the meta device: shapes, no memory) of the network the payload's spec builds,
+    by its task's ``build_model`` when the payload records a run config."""
+    from hrnas.space.network import build_model
+    from hrnas.space.zoo import spec_from_dict
+
+    try:
+        spec = spec_from_dict(payload["spec"], source=f"{path}: spec")
+        run_config = payload.get("run_config")
+        builder: Any = build_model
+        if isinstance(run_config, Mapping):
+            from hrnas.engine.config import config_from_dict
+            from hrnas.tasks.base import get_task
+
+            builder = get_task(config_from_dict(run_config, source=f"{path}: run_config")).build_model
+    except (ValueError, KeyError, TypeError) as err:  # SpecError, ZooError, ConfigError, TaskError among them
+        message = " ".join(str(err).split()) or type(err).__name__
+        if not message.startswith(str(path)):
+            message = f"{path}: stored spec or run config is invalid ({message})"
+        raise CheckpointError(message) from None
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = builder(spec, init="default")
+    return model.state_dict()
+
+
+def check_weights(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
+    """Check that the weights of a checkpoint fit the network its own spec builds.
+
+    The spec (``payload["spec"]``) is rebuilt on the meta device (no memory, no random numbers drawn) by the
+    task of ``payload["run_config"]`` when there is one, else by :func:`hrnas.space.network.build_model`; then
+    ``payload["model"]`` and, in a training checkpoint, the EMA weights (``payload["ema"]["module"]``) must hold
+    exactly its tensors, each of its shape.
+
+    Raises:
+        CheckpointError: naming the file and the first tensor that differs, e.g.
+            ``final.pt: weights do not match the stored spec: tensor 'head.cls.weight' is [5, 8, 1, 1] in the
+            file, the spec builds [3, 8, 1, 1]``; a missing tensor, one the network has no place for, or a
+            spec/run config that cannot be read are named the same way.
+    """
+    path = Path(path)
+    expected = _expected_state(path, payload)
+    _compare_state(path, "weights", payload["model"], expected)
+    ema = payload.get("ema")
+    if isinstance(ema, Mapping) and ema.get("module") is not None:
+        _compare_state(path, "EMA weights", ema["module"], expected)
+
+
+def check_task_override(path: str | os.PathLike[str], payload: Mapping[str, Any], overrides: list[str]) -> None:
+    """Refuse ``--set task.name=B`` for a checkpoint of task A: a network is evaluated, predicted or exported
+    by the task it was trained for.
+
+    Args:
+        path: the checkpoint file (named in the message).
+        payload: its loaded payload (:func:`load_checkpoint`).
+        overrides: the ``KEY=VALUE`` overrides given on the command line.
+
+    Raises:
+        CheckpointError: ``final.pt: checkpoint is for task 'segmentation'; --set task.name=keypoints asks for
+            'keypoints' (a checkpoint runs with the task it was trained for)``.
+    """
+    stored = checkpoint_task(payload)
+    for override in overrides:
+        key, sep, value = str(override).partition("=")
+        if not sep or key.strip() != "task.name":
+            continue
+        asked = value.strip().strip("'\"")
+        if stored is not None and asked != stored:
+            raise CheckpointError(f"{Path(path)}: checkpoint is for task '{stored}'; --set {override.strip()} asks "
+                                  f"for '{asked}' (a checkpoint runs with the task it was trained for)")
 
 
 # ----------------------------------------------------------------------------------------------------

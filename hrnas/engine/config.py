@@ -43,6 +43,7 @@ import yaml
 from hrnas.tasks.base import DEFAULT_TASK, TaskError, task_class, task_classes, task_names
 from hrnas.tasks.options import TaskOptions, option
 from hrnas.utils.atomic import atomic_write_text
+from hrnas.utils.errors import HrnasError
 
 __all__ = [
     "ConfigError",
@@ -65,7 +66,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(HrnasError, ValueError):
     """A run config is malformed; the message says where (file:line or ``--set``) and which key."""
 
 

@@ -38,11 +38,12 @@ from torch import Tensor, nn
 
 from hrnas.space.deploy import deploy
 from hrnas.utils.atomic import atomic_path
+from hrnas.utils.errors import HrnasError
 
 INPUT_NAME = "images"
 
 
-class ExportError(RuntimeError):
+class ExportError(HrnasError, RuntimeError):
     """The export failed, or ONNX Runtime's outputs differ from PyTorch's by more than the tolerance."""
 
 

@@ -26,11 +26,12 @@ from hrnas.search.shrink import BlockKeep, Keep, complete_keep, kept_spec
 from hrnas.search.units import HW, collect_units, read_factors
 from hrnas.space.cost_model import MAC_COST, CostModel
 from hrnas.space.spec import BlockSpec, NetSpec
+from hrnas.utils.errors import HrnasError
 
 __all__ = ["BudgetError", "RhoController", "min_reachable_cost", "prune_to_budget"]
 
 
-class BudgetError(ValueError):
+class BudgetError(HrnasError, ValueError):
     """A budget that no removal of units can reach."""
 
 

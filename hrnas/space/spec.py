@@ -20,48 +20,33 @@ import json
 import math
 import os
 from dataclasses import MISSING, dataclass, fields, replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 from hrnas.utils.atomic import atomic_write_text
+from hrnas.utils.errors import HrnasError, parse_json_text, read_json
 
 ACTIVATIONS = ("relu", "swish")
 DENSE_HEAD_KINDS = ("segmentation", "keypoints", "detection")
 
 
-class SpecError(ValueError):
-    """A spec is malformed or inconsistent; the message starts with the path of the bad value."""
+class SpecError(HrnasError, ValueError):
+    """A spec is malformed or inconsistent; the message starts with the path of the bad value (and the file,
+    when read from one)."""
 
 
 # --- the JSON form shared by the spec kinds ---------------------------------------------------------
 
 
 def parse_json(text: str, source: str = "<json>") -> Any:
-    """Plain data from JSON ``text``; raises :class:`SpecError` naming ``source`` when the text is not
-    valid JSON or an object gives a key twice (JSON would silently keep the last value)."""
-
-    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise SpecError(f"{source}: key {key!r} is given twice")
-            out[key] = value
-        return out
-
-    try:
-        return json.loads(text, object_pairs_hook=unique_keys)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    """Plain data from JSON ``text``; raises :class:`SpecError` naming ``source`` when the text is empty or
+    not valid JSON (with its line) or an object gives a key twice (JSON would silently keep the last value)."""
+    return parse_json_text(text, source, SpecError)
 
 
 def read_json_file(path: str | os.PathLike[str]) -> Any:
-    """Plain data from a spec JSON file; errors (unreadable, invalid, a key given twice) name the file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec file ({exc.strerror})") from None
-    return parse_json(text, source=str(path))
+    """Plain data from a spec JSON file; errors (missing, unreadable, empty, invalid, a key given twice) are
+    :class:`SpecError` naming the file."""
+    return read_json(path, SpecError, what="spec file")
 
 
 _S = TypeVar("_S", bound="SpecJson")

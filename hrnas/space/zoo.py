@@ -26,6 +26,7 @@ from hrnas.space.spec import (
     StemSpec,
     read_json_file,
 )
+from hrnas.utils.errors import HrnasError
 
 SUPERNET_STAGES: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = (
     (1, (1,), (24,)),
@@ -37,7 +38,7 @@ SUPERNET_STAGES: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = (
 TRANSFORMER_PLACEMENTS = ("none", "residual", "all")
 
 
-class ZooError(KeyError):
+class ZooError(HrnasError, KeyError):
     """Unknown or duplicate zoo name."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it a readable line

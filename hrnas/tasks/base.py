@@ -30,6 +30,7 @@ from hrnas.space.cost import Cost, cost
 from hrnas.space.spec import ClassificationHeadSpec, DenseHeadSpec, NetSpec
 from hrnas.space.zoo import resolve_spec
 from hrnas.tasks.options import TaskOptions
+from hrnas.utils.errors import HrnasError
 
 if TYPE_CHECKING:
     from hrnas.export.onnx import CheckedExport
@@ -53,7 +54,7 @@ DEFAULT_TASK = "segmentation"
 """The task of a run config that does not name one (the demo's)."""
 
 
-class TaskError(ValueError):
+class TaskError(HrnasError, ValueError):
     """The configuration does not fit the task (wrong head, class count, data format...)."""
 
 
