@@ -37,6 +37,7 @@ from hrnas.engine.data import eval_loader, train_batches
 from hrnas.engine.optim import build_optimizer, l2_penalty
 from hrnas.engine.run_log import RunLogger
 from hrnas.engine.schedules import build_scheduler
+from hrnas.engine.step_timer import StepTimer
 from hrnas.search.units import importance_factors
 from hrnas.space.cost import cost, format_macs
 from hrnas.space.cost_model import MAC_COST
@@ -377,16 +378,20 @@ class Trainer:
         if self.search is not None and self.main and self.step == 0:
             (self.run_dir / "search_log.jsonl").unlink(missing_ok=True)
         governor = ThreadGovernor(enabled=self.device.type == "cpu")
+        timer = StepTimer()
         with StopSignals() as stop, governor:
             while self.step < total:
                 governor.tick()
                 t0 = time.perf_counter()
+                timer.start()
                 batch = self.task.to_device(next(batches), self.device, self.channels_last)
+                timer.mark("data")
                 model = self._wrapped()
                 model.train()
                 with self.autocast():
                     output = self.task.forward(model, batch)
                     task_loss = self.task.loss(output, batch)
+                timer.mark("forward")
                 loss = task_loss
                 penalty = None
                 if self.search is not None:
@@ -394,6 +399,7 @@ class Trainer:
                     loss = loss + penalty
                 if wd > 0:
                     loss = loss + l2_penalty(self.model, wd)
+                timer.mark("penalty")
                 if not torch.isfinite(loss.detach()).all():
                     raise TrainingDiverged(
                         f"step {self.step}: loss is {loss.item()} (task loss {task_loss.item()}); stopped, the last "
@@ -407,13 +413,16 @@ class Trainer:
                     loss.backward()
                 if cfg.optim.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                timer.mark("backward")
                 if self.scaler is not None:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                 else:
                     self.optimizer.step()
                 self.scheduler.step()
+                timer.mark("optimizer")
                 self.ema.update(self.model)
+                timer.mark("ema")
                 self.step += 1
                 window.append(time.perf_counter() - t0)
                 window = window[-20:]
@@ -424,6 +433,7 @@ class Trainer:
                         "loss": float(task_loss.detach()),
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "step_time_s": sum(window) / len(window),
+                        **timer.report(),
                     }
                     if penalty is not None:
                         scalars["penalty"] = float(penalty.detach())
@@ -431,6 +441,7 @@ class Trainer:
                         scalars["macs"] = macs
                     self.logger.log(self.step, scalars, prefix="train/")
                     bar.set_postfix(loss=f"{scalars['loss']:.3f}", macs=format_macs(macs))
+                timer.mark("bookkeeping")
                 if self.search is not None and self.step < total and self.search.should_shrink(self.step):
                     self._shrink(final=False, step_time=sum(window) / len(window))
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < total:
