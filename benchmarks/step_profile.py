@@ -9,6 +9,7 @@ after a shrink).
 
     python benchmarks/step_profile.py                      # 200-step search to 40M MACs, 60 plain steps
     python benchmarks/step_profile.py --steps 300 --target 30M --plain-steps 100
+    python benchmarks/step_profile.py --set data.workers=1       # data loading in a worker process
 
 Time it on an otherwise idle machine; the thread count follows the free cores unless OMP_NUM_THREADS is
 set (print it with the figures).
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--target", default="40M", help="search.target_macs")
     parser.add_argument("--plain-steps", type=int, default=60, help="plain training steps of the searched net")
     parser.add_argument("--log-every", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -88,6 +90,7 @@ def main() -> None:
             "train.checkpoint_every=0",
             f"train.log_every={args.log_every}",
             "train.bn_calib_batches=1",
+            *args.set,
         ]
         search = [
             f"train.steps={args.steps}",
