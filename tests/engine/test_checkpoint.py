@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,26 +21,37 @@ from hrnas.engine.checkpoint import (
     FORMAT_KEY,
     CheckpointError,
     capture_rng_state,
+    check_task_override,
     load_checkpoint,
     remove_stale_temp_files,
     restore_rng_state,
     save_checkpoint,
 )
 from hrnas.engine.config import config_to_dict, load_config
+from hrnas.space.network import build_model
+from hrnas.space.spec import NetSpec
+from hrnas.space.zoo import resolve_spec
+
+
+def tiny_spec() -> NetSpec:
+    """A two-class segmentation network small enough to build in milliseconds."""
+    spec = resolve_spec("test_seg", transformer=False)
+    return replace(spec, head=replace(spec.head, num_outputs=2))
 
 
 def payload(step: int) -> dict:
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    spec = tiny_spec()
+    model = build_model(spec)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
-    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
     opt.step()
     return {
         "task": "segmentation",
         "step": step,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
-        "spec": {"name": "x", "stages": [{"blocks": [1, 2]}], "dropout": None},
-        "run_config": config_to_dict(load_config("demo_seg")),
+        "spec": spec.to_dict(),
+        "run_config": config_to_dict(load_config("demo_seg", ["model.transformer=false"])),
         "rng": capture_rng_state(),
     }
 
@@ -92,6 +104,59 @@ def test_load_errors(tmp_path):
     bare = save_checkpoint(tmp_path / "bare.pt", {"step": 1})
     with pytest.raises(CheckpointError, match="does not record its task"):
         load_checkpoint(bare, expect_task="keypoints")
+
+
+def test_weights_must_fit_the_stored_spec(tmp_path):
+    data = payload(1)
+    assert load_checkpoint(save_checkpoint(tmp_path / "ok.pt", data))["step"] == 1
+
+    wrong = dict(data, model=dict(data["model"]))
+    name = next(k for k, v in wrong["model"].items() if v.ndim == 4)
+    have = wrong["model"][name]
+    wrong["model"][name] = torch.zeros(have.shape[0] + 1, *have.shape[1:])
+    path = save_checkpoint(tmp_path / "resized.pt", wrong)
+    shape = ", ".join(str(n) for n in have.shape)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: weights do not match the stored spec: tensor '{name}'")
+    assert f"is [{have.shape[0] + 1}, {shape.split(', ', 1)[1]}] in the file, the spec builds [{shape}]" in message
+    assert "\n" not in message
+    assert load_checkpoint(path, verify_weights=False)["step"] == 1  # the raw payload is still readable
+
+    missing = dict(data, model={k: v for k, v in data["model"].items() if k != name})
+    with pytest.raises(CheckpointError, match=rf"tensor '{name}' \[{shape}\] of its network is missing"):
+        load_checkpoint(save_checkpoint(tmp_path / "missing.pt", missing))
+    extra = dict(data, model={**data["model"], "head.extra.weight": torch.zeros(2, 2)})
+    with pytest.raises(CheckpointError, match=r"'head.extra.weight' \[2, 2\] in the file has no place"):
+        load_checkpoint(save_checkpoint(tmp_path / "extra.pt", extra))
+    other_spec = dict(data, spec=replace(tiny_spec(), head=replace(tiny_spec().head, num_outputs=5)).to_dict())
+    with pytest.raises(CheckpointError, match=r"other.pt: weights do not match the stored spec: tensor 'head"):
+        load_checkpoint(save_checkpoint(tmp_path / "other.pt", other_spec))
+    ema = dict(data, ema={"module": {k: v for k, v in data["model"].items() if k != name}, "num_updates": 1})
+    with pytest.raises(CheckpointError, match=rf"ema.pt: EMA weights do not match the stored spec: tensor '{name}'"):
+        load_checkpoint(save_checkpoint(tmp_path / "ema.pt", ema))
+    broken = dict(data, spec={"stages": "many"})
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'spec.pt'}: "):
+        load_checkpoint(save_checkpoint(tmp_path / "spec.pt", broken))
+
+
+def test_truncated_checkpoint_is_one_line(tmp_path):
+    whole = save_checkpoint(tmp_path / "whole.pt", payload(1))
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=rf"^{cut}: not a checkpoint \(") as info:
+        load_checkpoint(cut)
+    assert "\n" not in str(info.value)
+
+
+def test_task_override_must_keep_the_checkpoint_task(tmp_path):
+    data = payload(1)
+    path = tmp_path / "final.pt"
+    check_task_override(path, data, ["data.root=x", "task.name=segmentation"])
+    with pytest.raises(CheckpointError, match=r"final.pt: checkpoint is for task 'segmentation'; "
+                       r"--set task.name=keypoints asks for 'keypoints'"):
+        check_task_override(path, data, ["data.root=x", "task.name=keypoints"])
 
 
 @pytest.mark.parametrize("fail_in", ["save", "fsync", "replace"])
