@@ -32,8 +32,11 @@ DEMO_GENERATOR = "demo_scenes"
 
 
 def prepare_demo_data(root: str | Path, progress: bool = True) -> Path:
-    """Generate the demo scenes under ``root`` when missing (deterministic; the ``demo_scenes`` generator)."""
-    return ensure_generated(DEMO_GENERATOR, root, progress=progress)
+    """Generate the demo scenes under ``root`` when missing (deterministic; the ``demo_scenes`` generator).
+
+    A complete demo data set already at ``root`` is used as it is, whatever its size and counts (``hrnas
+    demo`` itself regenerates its own folder when the demo's settings change)."""
+    return ensure_generated(DEMO_GENERATOR, root, any_size=True, progress=progress)
 
 
 @register_task
