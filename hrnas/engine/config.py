@@ -40,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from hrnas.space.cost import check_input_size
+from hrnas.space.spec import SpecError
 from hrnas.tasks.base import DEFAULT_TASK, TaskError, task_class, task_classes, task_names
 from hrnas.tasks.options import TaskOptions, option
 from hrnas.utils.atomic import atomic_write_text
@@ -55,6 +57,7 @@ __all__ = [
     "SearchConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_input_sizes",
     "config_from_dict",
     "config_to_dict",
     "list_presets",
@@ -350,7 +353,14 @@ class _Source:
         self.default = "config"
 
     def of(self, path: str) -> str:
+        """Where ``path`` was written: the key itself, else a key under it (an unknown section that a
+        ``--set a.b=c`` created is blamed on that argument), else its nearest enclosing key, else the
+        config's default source."""
         path = path.split("[", 1)[0]
+        if path not in self.where:
+            inner = [where for key, where in self.where.items() if key.startswith(path + ".")]
+            if inner:
+                return inner[-1]
         while path:
             if path in self.where:
                 return self.where[path]
@@ -382,6 +392,9 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise ConfigError(f"{path}: malformed YAML: {err}") from None
     finally:
         loader.dispose()
+    if node is None:
+        raise ConfigError(f"{path}: empty file (a config is a mapping of sections, e.g. 'base: demo_seg' or "
+                          "'model: {spec: hrnas_demo_supernet}')")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -800,6 +813,23 @@ def load_config(path_or_preset: str | os.PathLike[str], overrides: Iterable[str]
     cfg = _build(RunConfig, raw, "", src)
     _validate(cfg, src)
     return cfg
+
+
+def check_input_sizes(cfg: RunConfig, spec: Any) -> None:
+    """Check the input sizes of ``cfg`` against what the network ``spec`` can take (the config alone cannot:
+    the minimum depends on the network). ``data.crop_size`` and, when set, ``search.penalty_input_size``
+    must be at least :func:`hrnas.space.cost.min_input_size` on each side.
+
+    Raises :class:`ConfigError` naming the key, its value and the minimum.
+    """
+    sizes = {"data.crop_size": cfg.data.crop_size, "search.penalty_input_size": cfg.search.penalty_input_size}
+    for key, size in sizes.items():
+        if size is None:
+            continue
+        try:
+            check_input_size(spec, size, f"{key} {list(size)}")
+        except SpecError as err:
+            raise ConfigError(str(err)) from None
 
 
 def _plain(obj: Any) -> Any:

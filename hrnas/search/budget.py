@@ -28,7 +28,7 @@ from hrnas.space.cost_model import MAC_COST, CostModel
 from hrnas.space.spec import BlockSpec, NetSpec
 from hrnas.utils.errors import HrnasError
 
-__all__ = ["BudgetError", "RhoController", "min_reachable_cost", "prune_to_budget"]
+__all__ = ["BudgetError", "RhoController", "check_budget", "min_reachable_cost", "prune_to_budget"]
 
 
 class BudgetError(HrnasError, ValueError):
@@ -39,6 +39,41 @@ def min_reachable_cost(spec: NetSpec, input_size: HW, cost_model: CostModel = MA
     """Cost of ``spec`` with every channel and query removed (:meth:`CostModel.fixed`): the stem, the
     shortcuts of non-residual blocks and the head's fixed layers, which no unit removal can reach."""
     return cost_model.fixed(spec, tuple(input_size))
+
+
+def check_budget(
+    spec: NetSpec,
+    input_size: HW,
+    budget: float,
+    cost_model: CostModel = MAC_COST,
+    *,
+    force: bool = False,
+    what: str = "budget",
+) -> None:
+    """Check a search budget against what searching ``spec`` can do, before any work starts.
+
+    Raises :class:`BudgetError` (``what`` names the budget in the message, e.g. ``search.target_macs``) when
+    the budget is not positive, below :func:`min_reachable_cost` (no removal of units reaches it), or at or
+    above the cost of ``spec`` itself: the search would prune nothing, which is only done with
+    ``force=True`` (``hrnas search --force``).
+    """
+    size = (int(input_size[0]), int(input_size[1]))
+    at = f"at {size[0]}×{size[1]}"
+    if not budget > 0:
+        raise BudgetError(f"{what}: {budget!r} is not positive; give the cost the searched network may have")
+    total = cost_model.total(spec, size)
+    if budget >= total and not force:
+        raise BudgetError(
+            f"{what}: {cost_model.describe(budget)} is at or above the cost of {spec.name or 'the supernet'} "
+            f"itself ({cost_model.describe(total)} {at}): nothing would be pruned; lower it, or pass --force "
+            "to search anyway"
+        )
+    floor = min_reachable_cost(spec, size, cost_model)
+    if budget < floor:
+        raise BudgetError(
+            f"{what}: {cost_model.describe(budget)} is below the minimum reachable cost "
+            f"{cost_model.describe(floor)} {at} (the stem, the shortcuts and the head's fixed layers)"
+        )
 
 
 def _same_total(tracked: float, exact: float) -> bool:

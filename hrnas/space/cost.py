@@ -14,11 +14,12 @@ default :class:`~hrnas.space.cost_model.MacCost` delegates here (:func:`channel_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 
 from hrnas.space.pointpillars import PointPillarsSpec
-from hrnas.space.spec import BlockSpec, ClassificationHeadSpec, NetSpec
+from hrnas.space.spec import BlockSpec, ClassificationHeadSpec, NetSpec, SpecError
 
 HW = tuple[int, int]
 
@@ -29,6 +30,41 @@ def _down(hw: HW) -> HW:
 
 def _area(hw: HW) -> int:
     return hw[0] * hw[1]
+
+
+def min_input_size(spec: NetSpec | PointPillarsSpec) -> int:
+    """The smallest input side (H and W alike) that ``spec`` can take: its largest downsampling factor, so
+    that its lowest-resolution map keeps at least one whole pixel. For a :class:`NetSpec` that is
+    ``2 ** (stem layers + new branches)`` (the stem brings the input to 1/2^len(stem), each new branch halves
+    again: 32 for the paper's supernets); for a :class:`PointPillarsSpec` the product of its block strides."""
+    if isinstance(spec, PointPillarsSpec):
+        return spec.total_stride
+    new_branches = sum(1 for stage in spec.stages if stage.new_branch is not None)
+    return 2 ** (len(spec.stem.channels) + new_branches)
+
+
+def check_input_size(spec: NetSpec | PointPillarsSpec, input_size: Sequence[int], what: str = "") -> HW:
+    """``input_size`` as an ``(H, W)`` pair of ints, after checking that ``spec`` can take it.
+
+    ``what`` names where the size came from in the message (e.g. ``--input-size 8 8`` or ``data.crop_size``;
+    default ``input size H×W``). Raises :class:`SpecError` when the size is not two positive integers or a
+    side is below :func:`min_input_size` (the message names the value, the minimum and why).
+    """
+    values = list(input_size)
+    if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, Integral) for v in values):
+        raise SpecError(f"{what or 'input size'}: expected two integers (height and width), got {values}")
+    h, w = int(values[0]), int(values[1])
+    label = what or f"input size {h}×{w}"
+    if h < 1 or w < 1:
+        raise SpecError(f"{label}: height and width must be positive integers, got {h}×{w}")
+    low = min_input_size(spec)
+    if min(h, w) < low:
+        name = spec.name or "the network"
+        raise SpecError(
+            f"{label}: below the minimum {low}×{low} that {name} can take (its lowest-resolution map runs at "
+            f"1/{low} of the input: less than one pixel at {h}×{w})"
+        )
+    return h, w
 
 
 @dataclass(frozen=True)
@@ -150,7 +186,10 @@ def branch_sizes(spec: NetSpec, input_size: HW) -> list[HW]:
 
 
 def cost(spec: NetSpec | PointPillarsSpec, input_size: HW = (224, 224)) -> Cost:
-    """Exact MACs and parameters of ``build_model(spec)`` on one ``input_size`` image (H, W)."""
+    """Exact MACs and parameters of ``build_model(spec)`` on one ``input_size`` image (H, W).
+
+    Raises :class:`SpecError` for a size that ``spec`` cannot take (:func:`check_input_size`)."""
+    input_size = check_input_size(spec, input_size)
     if isinstance(spec, PointPillarsSpec):
         return pointpillars_cost(spec, input_size)
     items: list[CostItem] = []

@@ -151,7 +151,14 @@ def test_duplicate_and_non_mapping(tmp_path):
         load_config(write(tmp_path, "dup.yaml", "optim:\n  lr: 0.1\n  lr: 0.2\n"))
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(write(tmp_path, "list.yaml", "- 1\n- 2\n"))
-    assert load_config(write(tmp_path, "empty.yaml", "")) == RunConfig()
+    assert load_config(write(tmp_path, "braces.yaml", "{}\n")) == RunConfig()
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# nothing but a comment\n"])
+def test_empty_file_is_named_as_such(tmp_path, text):
+    with pytest.raises(ConfigError, match=r"empty.yaml: empty file") as err:
+        load_config(write(tmp_path, "empty.yaml", text))
+    assert "model.spec" not in str(err.value)
 
 
 def test_missing_file_and_unknown_preset(tmp_path):

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from hrnas.space import build_model, cost
+from hrnas.space.cost import min_input_size
 from hrnas.space.spec import NetSpec
 from hrnas.space.zoo import supernet_spec
 
@@ -43,7 +44,8 @@ def random_specs(draw: st.DrawFn) -> tuple[NetSpec, tuple[int, int]]:
             block.in_channels, block.out_channels, block.stride, block.kernel_sizes, hidden, queries
         )
     spec = spec.replace_blocks(blocks)
-    size = (draw(st.integers(9, 40)), draw(st.integers(9, 40)))
+    low = min_input_size(spec)  # odd sizes included: strided layers round up
+    size = (draw(st.integers(low, 40)), draw(st.integers(low, 40)))
     return spec, size
 
 
