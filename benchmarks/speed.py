@@ -32,7 +32,7 @@ from hrnas.space.cost import cost, format_macs
 from hrnas.space.deploy import deploy
 from hrnas.space.network import build_model
 from hrnas.space.spec import ClassificationHeadSpec
-from hrnas.space.zoo import get_spec
+from hrnas.space.zoo import resolve_spec
 
 
 def peak_rss_mib() -> float:
@@ -93,7 +93,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    spec = get_spec(args.spec, transformer=args.transformer)
+    spec = resolve_spec(args.spec, transformer=args.transformer, key="--spec")
     h, w = args.input_size
     c = cost(spec, (h, w))
     fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last

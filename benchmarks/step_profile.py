@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import hrnas.demos  # noqa: F401  (registers the demo-scene generator)
+from hrnas.engine.allocator import tune_heap
 from hrnas.engine.config import load_config
 from hrnas.engine.trainer import train
 from hrnas.space.cost import format_macs
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
+    tune_heap()  # as the hrnas command does before every run
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
