@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hrnas.data.errors import DatasetError
+
 _MIX = 0x9E3779B97F4A7C15
 
 
@@ -41,8 +43,16 @@ class SeededSamples(Dataset):
 
 
 def steps_per_epoch(num_samples: int, global_batch: int) -> int:
+    """Whole batches per epoch (the last partial batch is dropped).
+
+    Raises:
+        DatasetError: the training set holds fewer samples than one batch (a ``ValueError``).
+    """
     if num_samples < global_batch:
-        raise ValueError(f"the training set has {num_samples} samples, fewer than one batch of {global_batch}")
+        raise DatasetError(
+            f"training set: {num_samples} samples, fewer than one batch of data.batch_size={global_batch}; "
+            "lower data.batch_size or add data"
+        )
     return num_samples // global_batch
 
 

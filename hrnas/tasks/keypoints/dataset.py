@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from torch.utils.data import Dataset
 from hrnas.data.errors import DatasetError
 from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image, oriented
 from hrnas.tasks.keypoints.codec import affine_points, get_affine_transform, render_heatmaps
+from hrnas.utils.errors import parse_json_text
 
 __all__ = [
     "COCO_PERSON_KEYPOINTS",
@@ -167,25 +169,73 @@ def _resolve_flip_pairs(
     return tuple(out)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_coco_lists(path: Path, data: Any) -> None:
+    """The structure pycocotools assumes without checking: the three lists, unique integer ids, image sizes."""
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: not a COCO annotation file (a JSON {type(data).__name__}, expected an object)")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DatasetError(f"{path}: not a COCO annotation file (no {key!r} list)")
+        if not isinstance(data[key], list):
+            raise DatasetError(f"{path}: {key!r} is a {type(data[key]).__name__}, expected a list")
+    for key, singular in (("images", "image"), ("annotations", "annotation"), ("categories", "category")):
+        seen: set[int] = set()
+        for index, entry in enumerate(data[key]):
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or isinstance(entry["id"], bool):
+                shown = entry.get("id") if isinstance(entry, dict) else entry
+                raise DatasetError(f"{path}: {key}[{index}] has id {shown!r}, expected an integer {singular} id")
+            if entry["id"] in seen:
+                raise DatasetError(f"{path}: {singular} id {entry['id']} is given twice ({key}[{index}])")
+            seen.add(entry["id"])
+    for index, image in enumerate(data["images"]):
+        for side in ("width", "height"):
+            value = image.get(side)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise DatasetError(
+                    f"{path}: image {image['id']} (images[{index}]) {side} {value!r}, expected a positive integer"
+                )
+        if not isinstance(image.get("file_name"), str) or not image["file_name"]:
+            raise DatasetError(f"{path}: image {image['id']} (images[{index}]) has no file_name")
+    for index, ann in enumerate(data["annotations"]):
+        for key in ("image_id", "category_id"):
+            if key not in ann:
+                raise DatasetError(f"{path}: annotation {ann['id']} (annotations[{index}]) has no {key!r}")
+
+
 def load_coco(ann_file: str | os.PathLike[str]) -> COCO:
-    """Load a COCO annotation JSON with pycocotools, silencing its prints.
+    """Load a COCO annotation JSON and index it with pycocotools (silencing its prints).
+
+    The JSON is read by :func:`hrnas.utils.errors.parse_json_text`, which refuses a key given twice (JSON
+    would keep the last value); the lists, ids and image sizes pycocotools relies on are checked first.
 
     Raises:
-        DatasetError: the file is missing or is not a COCO annotation JSON.
+        DatasetError: naming the file: missing, not valid JSON (with the line), a key given twice, not a
+            COCO annotation file (a list missing or not a list), an id that is not an integer or is given
+            twice (``instances.json: annotation id 7 is given twice (annotations[3])``), an image without
+            a positive width/height or a file name, an annotation without ``image_id``/``category_id``.
     """
     path = Path(ann_file)
     if not path.is_file():
         raise DatasetError(f"{path}: annotation file not found")
     try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not a text JSON file (byte {err.start} is not UTF-8)") from None
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read annotation file ({err.strerror})") from None
+    data = parse_json_text(text, str(path), DatasetError)
+    _check_coco_lists(path, data)
+    coco = COCO()
+    try:
         with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(path))
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path}: not valid JSON ({err})") from err
+            coco.dataset = data
+            coco.createIndex()
     except (KeyError, TypeError, AssertionError) as err:
-        raise DatasetError(f"{path}: not a COCO annotation file ({type(err).__name__}: {err})") from err
-    for key in ("images", "annotations", "categories"):
-        if key not in coco.dataset:
-            raise DatasetError(f"{path}: not a COCO annotation file (no {key!r} list)")
+        raise DatasetError(f"{path}: not a COCO annotation file ({type(err).__name__}: {err})") from None
     return coco
 
 
@@ -388,22 +438,49 @@ class CocoKeypoints(Dataset):
 
     # ------------------------------------------------------------------ loading
     def _check_annotations(self) -> None:
+        """Every annotation of the keypoint category, before any is used: a box ``[x, y, w, h]`` of four
+        numbers with positive width and height, ``3 K`` keypoint numbers with visibility flags 0/1/2, a
+        ``num_keypoints`` equal to its labelled joints (v > 0), a known image."""
         k = self.category.num_joints
+        where = self.ann_file
         for ann in self.coco.dataset["annotations"]:
             if ann.get("category_id") != self.category.id:
                 continue
+            ann_id = ann.get("id")
+            if ann.get("image_id") not in self.coco.imgs:
+                raise DatasetError(f"{where}: annotation {ann_id} names unknown image {ann.get('image_id')}")
+            box = ann.get("bbox")
+            if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+                raise DatasetError(f"{where}: annotation {ann_id} bbox {box!r} is not [x, y, width, height] numbers")
+            for side, value in (("width", box[2]), ("height", box[3])):
+                if value <= 0:
+                    raise DatasetError(
+                        f"{where}: annotation {ann_id} bbox {side} {value} must be positive (bbox {box})"
+                    )
             kps = ann.get("keypoints")
             if kps is None:
                 continue
-            if len(kps) != 3 * k:
-                count = f"{len(kps) // 3}" if len(kps) % 3 == 0 else f"{len(kps)} values instead of 3 per"
+            if not isinstance(kps, list) or len(kps) != 3 * k:
+                size = len(kps) if isinstance(kps, list) else type(kps).__name__
+                count = f"{size // 3}" if isinstance(size, int) and size % 3 == 0 else f"{size} values instead of 3 per"
                 raise DatasetError(
-                    f"{self.ann_file}: annotation {ann.get('id')} has {count} keypoints, "
-                    f"category {self.category.name!r} defines {k}"
+                    f"{where}: annotation {ann_id} has {count} keypoints, category {self.category.name!r} defines {k}"
                 )
-            if ann.get("image_id") not in self.coco.imgs:
+            bad = next((i for i, v in enumerate(kps) if not _is_number(v)), None)
+            if bad is not None:
+                raise DatasetError(f"{where}: annotation {ann_id} keypoints[{bad}] is {kps[bad]!r}, not a number")
+            flags = kps[2::3]
+            bad = next((j for j, v in enumerate(flags) if v not in (0, 1, 2)), None)
+            if bad is not None:
                 raise DatasetError(
-                    f"{self.ann_file}: annotation {ann.get('id')} names unknown image {ann.get('image_id')}"
+                    f"{where}: annotation {ann_id} joint {bad} has visibility {flags[bad]}, expected 0, 1 or 2"
+                )
+            labelled = sum(1 for v in flags if v > 0)
+            stated = ann.get("num_keypoints")
+            if stated is not None and stated != labelled:
+                raise DatasetError(
+                    f"{where}: annotation {ann_id} has num_keypoints {stated} but {labelled} labelled joints "
+                    "(v > 0) in its keypoints"
                 )
 
     def _image_path(self, image_id: int) -> Path:
