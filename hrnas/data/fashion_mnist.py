@@ -224,7 +224,10 @@ def load_idx(path: str | os.PathLike[str]) -> np.ndarray:
     type_code, ndim = data[2], data[3]
     if data[:2] != b"\x00\x00" or type_code not in _IDX_DTYPES or ndim == 0:
         magic = struct.unpack(">I", data[:4])[0]
-        raise DatasetError(f"{path}: bad IDX magic number 0x{magic:08x}")
+        raise DatasetError(
+            f"{path}: bad IDX magic number 0x{magic:08x} (expected 0x00000803 for images, 0x00000801 for "
+            "labels: two zero bytes, a type code, the number of dims)"
+        )
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
         raise DatasetError(f"{path}: truncated IDX header ({len(data)} bytes for {ndim} dims)")

@@ -248,6 +248,13 @@ def parse_label_lines(
         nums = [_parse_float(tok, _FIELD_NAMES[i + 1], where) for i, tok in enumerate(fields[1:])]
         if nums[1] != int(nums[1]):
             raise KittiFormatError(f"{where}: field 'occluded' is not an integer: {fields[2]!r}")
+        if fields[0] != "DontCare":
+            for index in (7, 8, 9):  # h, w, l: a DontCare region has the -1 placeholders, an object has a size
+                if nums[index] <= 0:
+                    raise KittiFormatError(
+                        f"{where}: field {_FIELD_NAMES[index + 1]!r} is {fields[index + 1]} for a {fields[0]}, "
+                        "expected a positive size in metres"
+                    )
         names.append(fields[0])
         occluded.append(int(nums[1]))
         values.append(nums)
@@ -270,12 +277,18 @@ def parse_label_lines(
 def read_label(path: str | Path, *, require_score: bool = False) -> KittiObjects:
     """Read a ``label_2`` file, or a result file with ``require_score=True`` (see
     :func:`parse_label_lines`)."""
+    return parse_label_lines(_read_ascii(path, "label").splitlines(), source=Path(path), require_score=require_score)
+
+
+def _read_ascii(path: str | Path, what: str) -> str:
+    """The text of a KITTI text file; KittiFormatError naming it when it is missing, unreadable or not ASCII."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="ascii")
+        return path.read_text(encoding="ascii")
     except UnicodeDecodeError as exc:
-        raise KittiFormatError(f"{path}: not an ASCII text file ({exc.reason})") from None
-    return parse_label_lines(text.splitlines(), source=path, require_score=require_score)
+        raise KittiFormatError(f"{path}: not an ASCII text file (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise KittiFormatError(f"{path}: cannot read {what} file ({exc.strerror})") from None
 
 
 def _fmt(value: float, decimals: int) -> str:
@@ -410,8 +423,7 @@ def parse_calib(lines: Iterable[str], source: str | Path = "<calib>") -> KittiCa
 
 def read_calib(path: str | Path) -> KittiCalib:
     """Read a ``calib/NNNNNN.txt`` file (see :func:`parse_calib`)."""
-    path = Path(path)
-    return parse_calib(path.read_text(encoding="ascii").splitlines(), source=path)
+    return parse_calib(_read_ascii(path, "calibration").splitlines(), source=Path(path))
 
 
 def format_calib(calib: KittiCalib) -> str:

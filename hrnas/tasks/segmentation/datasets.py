@@ -152,7 +152,8 @@ class SegmentationDataset(Dataset):
         if tuple(labels.shape) != tuple(image.shape[-2:]):
             raise DatasetError(
                 f"{mask_path}: mask is {labels.shape[1]}x{labels.shape[0]} but image {image_path.name} "
-                f"is {image.shape[-1]}x{image.shape[-2]}"
+                f"is {image.shape[-1]}x{image.shape[-2]} (width x height, EXIF orientation applied); "
+                "a mask must have its image's size"
             )
         self._check_labels(labels, mask_path)
         return image, tv_tensors.Mask(torch.from_numpy(labels))
@@ -162,7 +163,10 @@ class SegmentationDataset(Dataset):
             return
         bad = labels[((labels < 0) | (labels >= self.num_classes)) & (labels != self.ignore_index)]
         if bad.size:
-            raise DatasetError(f"{path}: mask label {int(bad.max())} is outside the {self.num_classes} classes")
+            raise DatasetError(
+                f"{path}: mask label {int(bad.max())} is outside the {self.num_classes} classes "
+                f"(expected 0-{self.num_classes - 1}, or {self.ignore_index} = ignore)"
+            )
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image, mask = self.load(index)
