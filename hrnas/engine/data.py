@@ -81,10 +81,26 @@ def train_batches(
     workers: int = 0,
     collate: Callable[[list[Any]], Any] | None = None,
 ) -> Iterator[Any]:
-    """Endless iterator of this rank's training batches from optimizer step ``start_step`` on."""
+    """Endless iterator of this rank's training batches from optimizer step ``start_step`` on.
+
+    A dataset may name its file in ``dataset.source`` and say what its reader left out in
+    ``dataset.size_note`` (e.g. ``"after dropping 3 unlabelled instances"``); both go into the error raised
+    when it holds fewer samples than one batch.
+
+    Raises:
+        DatasetError: fewer samples than ``global_batch``, e.g. ``instances.json: 5 training samples after
+            dropping 3 unlabelled instances, fewer than one batch of data.batch_size=8; ...``.
+    """
     if global_batch % world_size:
         raise ValueError(f"data.batch_size={global_batch} is not divisible by the {world_size} processes")
     n = len(dataset)  # type: ignore[arg-type]
+    if n < global_batch:
+        source = getattr(dataset, "source", None) or "training set"
+        note = getattr(dataset, "size_note", None)
+        raise DatasetError(
+            f"{source}: {n} training samples{' ' + note if note else ''}, fewer than one batch of "
+            f"data.batch_size={global_batch}; lower data.batch_size or add data"
+        )
     spe = steps_per_epoch(n, global_batch)
     seeded = SeededSamples(dataset, seed)
     epoch, start = divmod(start_step, spe)

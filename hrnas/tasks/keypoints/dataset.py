@@ -426,6 +426,10 @@ class CocoKeypoints(Dataset):
         self.half_body_min_joints = half_body_min_joints
         self.generator = generator
 
+        self.source = self.ann_file
+        """The annotation file, named by errors about the whole set (e.g. too few instances for a batch)."""
+        self.size_note = ""
+        """What the reader left out, for those errors (the keypoint task fills it in)."""
         self.coco = load_coco(self.ann_file)
         self.category = keypoint_category(self.coco, category_id, flip_pairs, source=self.ann_file)
         self._check_annotations()

@@ -170,12 +170,11 @@ class KeypointsTask(Task):
         ds.records = [r for r in ds.records if (np.asarray(r["scale"]) > 0).all()]
         if not ds.records:
             raise DatasetError(f"{ds.ann_file}: no instance with labelled keypoints (or detection) to use")
-        if train and len(ds.records) < d.batch_size:
+        if boxes == "gt":
             annotated = sum(1 for a in ds.coco.dataset["annotations"] if a.get("category_id") == ds.category.id)
-            raise DatasetError(
-                f"{ds.ann_file}: {len(ds.records)} training instances are left after dropping "
-                f"{annotated - len(ds.records)} crowd or unlabelled ones (no joint with v > 0), fewer than one "
-                f"batch of data.batch_size={d.batch_size}; lower data.batch_size or label more instances"
+            ds.size_note = (
+                f"(instances) after dropping {annotated - len(ds.records)} of its {annotated} annotations "
+                "(crowd, no labelled joint, or a one-pixel box)"
             )
         self._datasets[key] = ds
         return ds
