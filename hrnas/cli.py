@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EPILOG = """examples:
   hrnas demo                                   search, retrain, evaluate and export on the demo scenes
@@ -24,13 +25,50 @@ EPILOG = """examples:
   hrnas retrain demo_seg --arch runs/demo_seg-search/arch.json
   hrnas evaluate runs/demo_seg-retrain/final.pt
   hrnas export runs/demo_seg-retrain/final.pt -o model.onnx
+
+errors:
+  a bad input (a spec, config, size, target, path or checkpoint) is reported as one line,
+  `hrnas COMMAND: error: MESSAGE` naming the file/key/value, with exit status 2; pass --debug
+  (anywhere on the line) or set HRNAS_DEBUG=1 to get the full traceback instead.
 """
+
+DEBUG_ENV = "HRNAS_DEBUG"
+"""Set to 1 (anything but empty or 0) to re-raise errors with their traceback, as ``--debug`` does."""
+
+USER_PATH_ERRORS: tuple[type[OSError], ...] = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+"""Errors about a path the user gave that are reported as one line, like the library's own errors."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr:
+    ``hrnas cost: error: argument --input-size: invalid int value: 'x' (see hrnas cost --help)``, exit 2."""
+
+    commands: dict[str, argparse.ArgumentParser]
+    """The parser of each subcommand, by name (set by :func:`build_parser`)."""
+
+    def error(self, message: str) -> NoReturn:
+        first = message.splitlines()[0] if message else "bad arguments"
+        self.exit(2, f"{self.prog}: error: {first} (see {self.prog} --help)\n")
 
 
 def _load_spec(ref: str, transformer: bool = True) -> Any:
     from hrnas.space.zoo import resolve_spec
 
     return resolve_spec(ref, transformer=transformer, key="spec")
+
+
+def _input_size(spec: Any, size: Sequence[int]) -> tuple[int, int]:
+    """``--input-size H W`` checked against what ``spec`` can take (SpecError naming the value and the
+    minimum)."""
+    from hrnas.space.cost import check_input_size
+
+    return check_input_size(spec, size, "--input-size " + " ".join(str(v) for v in size))
 
 
 # --- zoo / cost / plot ------------------------------------------------------------------------------
@@ -56,7 +94,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from hrnas.tasks.base import Task
 
     spec = _load_spec(args.spec, transformer=not args.no_transformer)
-    size = tuple(args.input_size)
+    size = _input_size(spec, args.input_size)
     task = _claiming_task(spec) or Task
     options = {o.dest: getattr(args, o.dest) for o in task.cost_options}
     model_cost = task.model_cost(spec, size, **options)
@@ -97,7 +135,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     spec = _load_spec(args.spec)
     supernet = _load_spec(args.supernet) if args.supernet else None
-    out = plot_architecture(spec, args.output, supernet=supernet, input_size=tuple(args.input_size))
+    size = _input_size(supernet or spec, args.input_size)
+    out = plot_architecture(spec, args.output, supernet=supernet, input_size=size)
     print(f"wrote {out}")
     return 0
 
@@ -112,13 +151,36 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
 
 
 def _run_dir(args: argparse.Namespace, suffix: str) -> Path:
+    """The run folder, checked before any work: a folder holding a run needs ``--resume`` or ``--overwrite``,
+    ``--resume`` needs a ``last.pt`` there."""
     if args.run_dir:
         run_dir = Path(args.run_dir)
     else:
         run_dir = Path("runs") / f"{Path(args.config).stem}-{suffix}"
-    if not args.resume and (run_dir / "last.pt").exists() and not args.overwrite:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"--run-dir {run_dir}: is a file, not a folder")
+    last = run_dir / "last.pt"
+    if args.resume and not last.is_file():
+        raise FileNotFoundError(f"--resume: {last} not found, nothing to resume (drop --resume to start a run)")
+    if not args.resume and last.exists() and not args.overwrite:
         raise FileExistsError(f"{run_dir}: holds a run already; pass --resume to continue it or --overwrite")
     return run_dir
+
+
+def _preflight(cfg: Any, arch: Any = None, force: bool = False) -> None:
+    """Checks of a training run that need its network, made before any work (nothing is written): the
+    input sizes against the spec (which reads no data), then a search target against the supernet's cost
+    as the run will build it (``force`` allows a target at or above it)."""
+    from hrnas.engine.config import check_input_sizes
+    from hrnas.space.zoo import resolve_spec
+    from hrnas.tasks.base import get_task
+
+    check_input_sizes(cfg, resolve_spec(arch if arch is not None else cfg.model.spec, cfg.model.transformer))
+    if cfg.search.enabled and cfg.search.target_macs is not None:
+        from hrnas.search.budget import check_budget
+
+        spec = get_task(cfg).build_spec(arch)
+        check_budget(spec, cfg.penalty_input_size, cfg.search.target_macs, force=force, what="search.target_macs")
 
 
 def _report(result: Any, task_metric: str) -> None:
@@ -134,6 +196,8 @@ def cmd_train(args: argparse.Namespace, search: bool | None = None) -> int:
     extra = [] if search is None else [f"search.enabled={'true' if search else 'false'}"]
     cfg = _config(args, extra)
     run_dir = _run_dir(args, "search" if cfg.search.enabled else "train")
+    if not args.resume:
+        _preflight(cfg, force=args.force)
     result = train(cfg, run_dir, resume=args.resume)
     _report(result, get_task(cfg).metric)
     if cfg.search.enabled:
@@ -163,6 +227,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             raise TaskError(f"{ckpt}: its architecture differs from {args.arch}; pass the search's own checkpoint")
         init_state = inference_state(payload)
     run_dir = _run_dir(args, "retrain")
+    if not args.resume:
+        _preflight(cfg, arch)
     result = train(cfg, run_dir, resume=args.resume, arch=arch, init_state=init_state)
     _report(result, get_task(cfg).metric)
     return 0
@@ -226,7 +292,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     model, spec, _, task = _checkpoint_task(args, with_data=False)
-    size = tuple(args.input_size) if args.input_size else None
+    size = _input_size(spec, args.input_size) if args.input_size else None
     report = task.export(model, spec, Path(args.output), input_size=size)
     print(f"wrote {report.path}; onnxruntime vs PyTorch max abs diff {report.max_abs_diff:.3g}")
     return 0
@@ -257,12 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     from hrnas.tasks.base import task_classes
 
     others = "".join(f"  hrnas demo --task {name:<27s}{DEMOS[name].help}\n" for name in demo_names()[1:])
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="hrnas",
         description="Search efficient high-resolution networks (HR-NAS) for your task and compute budget.",
         epilog=EPILOG.format(demos=others),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    debug_help = f"show the full traceback of an error instead of one line (also: {DEBUG_ENV}=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="search, retrain, evaluate and export on generated demo data (CPU, minutes)")
@@ -309,12 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
     p.set_defaults(func=cmd_plot)
 
+    force_help = (
+        "search even when search.target_macs is at or above the supernet's own cost (nothing would be pruned; "
+        "without --force that is an error)"
+    )
     p = sub.add_parser("train", help="train a network (a zoo name or spec file) with a task config")
     _add_train_args(p)
+    p.add_argument("--force", action="store_true", help="with search.enabled: " + force_help)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("search", help="search: train the supernet with the resource penalty, shrinking it")
     _add_train_args(p)
+    p.add_argument("--force", action="store_true", help=force_help)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("retrain", help="train a searched architecture (arch.json)")
@@ -354,55 +428,55 @@ def build_parser() -> argparse.ArgumentParser:
             p = sub.add_parser(command.name, help=command.help)
             command.add_arguments(p)
             p.set_defaults(func=command.run)
+    parser.commands = dict(sub.choices)
+    for p in sub.choices.values():  # --debug after the command too (SUPPRESS: keeps a --debug given before it)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from hrnas.data.errors import DatasetError
-    from hrnas.engine.checkpoint import CheckpointError
-    from hrnas.engine.config import ConfigError
-    from hrnas.engine.trainer import TrainingDiverged
-    from hrnas.space.spec import SpecError
-    from hrnas.space.zoo import ZooError
-    from hrnas.tasks.base import TaskError
+def _debug_requested(args: argparse.Namespace) -> bool:
+    """``--debug`` or ``HRNAS_DEBUG`` set to anything but empty or 0."""
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
 
-    errors: list[type[BaseException]] = [
-        DatasetError,
-        CheckpointError,
-        ConfigError,
-        TrainingDiverged,
-        SpecError,
-        ZooError,
-        TaskError,
-        FileNotFoundError,
-        FileExistsError,
-    ]
-    try:
-        from hrnas.search.budget import BudgetError
 
-        errors.append(BudgetError)
-    except ImportError:
-        pass
-    return tuple(errors)
+def error_line(exc: BaseException) -> str:
+    """The one-line message of a library error or of an error about a user's path (an ``OSError`` raised by
+    Python names its file: ``PATH: No such file or directory``)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``hrnas`` command; return its exit status.
+
+    Every library error (:class:`~hrnas.utils.errors.HrnasError`) and every error about a path the user gave
+    (:data:`USER_PATH_ERRORS`) is printed as one line, ``hrnas COMMAND: error: MESSAGE``, on stderr with exit
+    status 2; with ``--debug`` or ``HRNAS_DEBUG=1`` it propagates with its traceback instead. Usage errors exit
+    with status 2 (``SystemExit``) after one line; Ctrl-C exits with 130.
+    """
     import hrnas.demos  # noqa: F401  (registers the data generators the tasks' demo formats use)
+    from hrnas.utils.errors import HrnasError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # blamed on the command, whose --help lists its arguments
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    debug = _debug_requested(args)
     from hrnas.engine.allocator import tune_heap
 
     tune_heap()
     try:
         return int(args.func(args) or 0)
-    except _known_errors() as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"hrnas {args.command}: error: {message}", file=sys.stderr)
+    except (HrnasError, *USER_PATH_ERRORS) as exc:
+        if debug:
+            raise
+        print(f"hrnas {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:  # Ctrl-C, or a training stopped on a signal after its checkpoint
-        print(f"hrnas {args.command}: {exc or 'interrupted'}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 130))
+    except KeyboardInterrupt:
+        print(f"hrnas {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
