@@ -40,6 +40,7 @@ from tqdm import tqdm
 from hrnas.data.errors import DatasetError
 from hrnas.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from hrnas.utils.atomic import atomic_folder
+from hrnas.utils.errors import parse_json_text
 
 GENERATOR_VERSION = 1
 GENERATOR_NAME = "hrnas.data.demo_scenes"
@@ -300,7 +301,7 @@ def _expected_meta(num_train: int, num_val: int, size: int, seed: int) -> dict[s
 
 def _read_meta(root: Path) -> dict[str, Any] | None:
     try:
-        meta = json.loads((root / "meta.json").read_text())
+        meta = parse_json_text((root / "meta.json").read_text(), str(root / "meta.json"))
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) and meta.get("generator") == GENERATOR_NAME else None

@@ -65,6 +65,7 @@ from hrnas.tasks.kitti.boxes import (
 )
 from hrnas.tasks.kitti.formats import KittiCalib, KittiObjects, write_calib, write_label, write_velodyne
 from hrnas.utils.atomic import atomic_folder
+from hrnas.utils.errors import parse_json_text
 
 __all__ = [
     "CALIBRATIONS",
@@ -511,7 +512,7 @@ def read_meta(root: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def _read_meta_file(root: Path) -> dict[str, Any] | None:
     try:
-        meta = json.loads((root / "meta.json").read_text())
+        meta = parse_json_text((root / "meta.json").read_text(), str(root / "meta.json"))
     except (OSError, ValueError):
         return None
     ours = (GENERATOR_NAME, *FORMER_GENERATOR_NAMES)
