@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from torch.utils.data import Dataset
 from hrnas.data.errors import DatasetError
 from hrnas.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image, oriented
 from hrnas.tasks.keypoints.codec import affine_points, get_affine_transform, render_heatmaps
-from hrnas.utils.errors import parse_json_text
+from hrnas.utils.errors import parse_json_text, read_json
 
 __all__ = [
     "COCO_PERSON_KEYPOINTS",
@@ -525,11 +524,7 @@ class CocoKeypoints(Dataset):
     def _detection_records(self, det_file: Path, thresh: float) -> list[dict[str, Any]]:
         if not det_file.is_file():
             raise DatasetError(f"{det_file}: detection results file not found")
-        try:
-            with open(det_file) as f:
-                detections = json.load(f)
-        except json.JSONDecodeError as err:
-            raise DatasetError(f"{det_file}: not valid JSON ({err})") from err
+        detections = read_json(det_file, DatasetError, "detection results file")
         if not isinstance(detections, list):
             raise DatasetError(f"{det_file}: expected a list of detections (COCO result format)")
         k = self.category.num_joints
@@ -539,8 +534,13 @@ class CocoKeypoints(Dataset):
                 raise DatasetError(f"{det_file}: detection {i} lacks image_id, bbox or score")
             if det.get("category_id", self.category.id) != self.category.id:
                 continue
-            if len(det["bbox"]) != 4:
-                raise DatasetError(f"{det_file}: detection {i} bbox {det['bbox']} is not (x, y, w, h)")
+            box = det["bbox"]
+            if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+                raise DatasetError(f"{det_file}: detection {i} bbox {box!r} is not [x, y, width, height] numbers")
+            if box[2] < 0 or box[3] < 0:
+                raise DatasetError(f"{det_file}: detection {i} bbox {box} has a negative width or height")
+            if not _is_number(det["score"]):
+                raise DatasetError(f"{det_file}: detection {i} score {det['score']!r} is not a number")
             score = float(det["score"])
             if score < thresh:
                 continue

@@ -13,7 +13,6 @@ All problems raise :class:`~hrnas.data.errors.DatasetError` naming the file.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from torchvision import tv_tensors
 
 from hrnas.data.errors import DatasetError
 from hrnas.data.images import load_image, one_line, read_image
+from hrnas.utils.errors import parse_json_text
 
 IGNORE_INDEX = 255
 
@@ -87,14 +87,11 @@ def read_mask(path: Path) -> np.ndarray:
 def load_class_names(path: Path) -> list[str]:
     """Class names from ``classes.json`` (a JSON list of strings) or ``classes.txt`` (one per line)."""
     try:
-        text = path.read_text()
-    except OSError as error:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path}: cannot read class names ({one_line(error)})") from None
     if path.suffix == ".json":
-        try:
-            names = json.loads(text)
-        except ValueError as error:
-            raise DatasetError(f"{path}: not valid JSON ({one_line(error)})") from None
+        names = parse_json_text(text, str(path), DatasetError)
     else:
         names = [line.strip() for line in text.splitlines() if line.strip()]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
