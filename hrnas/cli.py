@@ -310,6 +310,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------------
 
 
+def _option_type(option: Any) -> Any:
+    """The argparse ``type`` of a task's :class:`~hrnas.tasks.base.CostOption`: its ``parse``, named after its
+    type so that a malformed value reads ``invalid int value: 'x'``."""
+
+    def parse(text: str) -> Any:
+        return option.parse(text)
+
+    parse.__name__ = option.type.__name__
+    return parse
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="a preset name (e.g. demo_seg, cityscapes) or a YAML file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
@@ -367,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
         for o in cls.cost_options:
             if o.flag not in flags:
                 flags.add(o.flag)
-                p.add_argument(o.flag, dest=o.dest, type=o.type, default=o.default, metavar=o.metavar, help=o.help)
+                p.add_argument(
+                    o.flag, dest=o.dest, type=_option_type(o), default=o.default, metavar=o.metavar, help=o.help
+                )
     p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("plot", help="draw an architecture (Fig. 4 style)")

@@ -110,6 +110,14 @@ CASES: dict[str, Case] = {
     "plot-supernet-unknown": Case(
         ["plot", "test_seg", "-o", "{tmp}/arch.png", "--supernet", "nope_net"], ("nope_net",),
     ),
+    "plot-supernet-of-another-structure": Case(
+        ["plot", "test_seg", "-o", "{tmp}/arch.png", "--supernet", "test_cls"],
+        ("supernet", "test_cls", "different block structure", "test_seg"),
+    ),
+    "cost-option-below-its-minimum": Case(
+        ["cost", "pointpillars_bev", "--input-size", "496", "432", "--pillars", "-5"],
+        ("--pillars", "-5", "minimum 0", "hrnas cost --help"),
+    ),
     "export-input-size-too-small": Case(
         ["export", "{ckpt}", "-o", "{tmp}/model.onnx", "--input-size", "8", "8"], ("--input-size 8 8", "16×16"),
     ),

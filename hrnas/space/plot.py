@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from hrnas.space.cost import cost, format_macs
+from hrnas.space.cost import check_input_size, cost, format_macs
 from hrnas.space.spec import BlockSpec, ClassificationHeadSpec, NetSpec, SpecError
 from hrnas.utils.atomic import atomic_path
 
@@ -135,11 +135,14 @@ def _check_same_structure(spec: NetSpec, supernet: NetSpec) -> dict[str, BlockSp
     theirs = dict(supernet.blocks())
     if [p for p, _ in mine] != list(theirs):
         missing = sorted({p for p, _ in mine} ^ set(theirs))
-        raise ValueError(f"supernet: different block structure (paths only in one of them: {missing[:5]})")
+        raise SpecError(
+            f"supernet: {supernet.name or 'the supernet'} has a different block structure from "
+            f"{spec.name or 'the spec'} (paths only in one of them: {', '.join(missing[:5])})"
+        )
     for path, block in mine:
         ref = theirs[path]
         if (block.in_channels, block.out_channels, block.stride) != (ref.in_channels, ref.out_channels, ref.stride):
-            raise ValueError(
+            raise SpecError(
                 f"supernet: {path} is {block.in_channels}→{block.out_channels} stride {block.stride}, "
                 f"the supernet's is {ref.in_channels}→{ref.out_channels} stride {ref.stride}"
             )
@@ -178,18 +181,17 @@ def plot_architecture(
         ``out_path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ValueError: ``supernet`` does not have the block structure of ``spec``, or ``input_size`` is not two
-            positive integers.
-        SpecError: ``spec`` is not a NetSpec (e.g. the fixed PointPillars backbone, which has no search blocks).
+        SpecError (a ``ValueError``): ``supernet`` does not have the block structure of ``spec``,
+            ``input_size`` is not two positive integers or is too small for the network
+            (:func:`hrnas.space.cost.check_input_size`), or ``spec`` is not a NetSpec (e.g. the fixed
+            PointPillars backbone, which has no search blocks).
     """
     for what, s in (("spec", spec), ("supernet", supernet)):
         if s is not None and not isinstance(s, NetSpec):
             name = getattr(s, "name", "") or type(s).__name__
             raise SpecError(f"{what}: {name} is a fixed {type(s).__name__} without search blocks; plot draws NetSpecs")
-    if len(input_size) != 2 or any(int(side) < 1 for side in input_size):
-        raise ValueError(f"input_size must be (H, W) with positive sides, got {tuple(input_size)}")
     out_path = Path(out_path)
-    hw = (int(input_size[0]), int(input_size[1]))
+    hw = check_input_size(supernet or spec, [int(side) for side in input_size], f"input_size {tuple(input_size)}")
     ghosts = _check_same_structure(spec, supernet) if supernet is not None else {}
     slots, sections, num_rows = _layout(spec)
     num_branches = len(spec.branch_channels())

@@ -103,6 +103,7 @@ class CostOption:
         default: the value when the flag is not given.
         help: one line for ``hrnas cost --help``.
         metavar: the value's name in the help.
+        minimum: the smallest value accepted (None: no bound); a smaller one is a one-line usage error.
     """
 
     flag: str
@@ -111,6 +112,17 @@ class CostOption:
     default: Any
     help: str
     metavar: str = "N"
+    minimum: float | None = None
+
+    def parse(self, text: str) -> Any:
+        """The value of ``text`` (an argparse ``type``): ``ValueError`` when it is not a ``type``,
+        ``argparse.ArgumentTypeError`` naming the value and the minimum when it is below ``minimum``."""
+        import argparse
+
+        value = self.type(text)
+        if self.minimum is not None and value < self.minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {self.minimum}")
+        return value
 
 
 class Task:

@@ -110,6 +110,7 @@ class KittiTask(Task):
             int,
             0,
             "KITTI backbones: also count the PillarVFE's MACs for N pillars (default 0, as the published figures)",
+            minimum=0,
         ),
     )
 
