@@ -179,6 +179,57 @@ def kitti_eval(tmp: Path, label_text: str) -> tuple[list[str], list[Path]]:
     return ["kitti-eval", labels, results, "--json"], [results / "000001.txt"]
 
 
+CALIB = {
+    "P0": "7.2e+02 0 6.0e+02 0 0 7.2e+02 1.7e+02 0 0 0 1 0",
+    "P1": "7.2e+02 0 6.0e+02 -3.8e+02 0 7.2e+02 1.7e+02 0 0 0 1 0",
+    "P2": "7.215377e+02 0 6.095593e+02 4.485728e+01 0 7.215377e+02 1.728540e+02 2.163791e-01 0 0 1 2.745884e-03",
+    "P3": "7.2e+02 0 6.0e+02 -3.3e+02 0 7.2e+02 1.7e+02 2.3e+00 0 0 1 3.7e-03",
+    "R0_rect": "9.999239e-01 9.837760e-03 -7.445048e-03 -9.869795e-03 9.999421e-01 -4.278459e-03 7.402527e-03 "
+    "4.351614e-03 9.999631e-01",
+    "Tr_velo_to_cam": "7.533745e-03 -9.999714e-01 -6.166020e-04 -4.069766e-03 1.480249e-02 7.280733e-04 "
+    "-9.998902e-01 -7.631618e-02 9.998621e-01 7.523790e-03 1.480755e-02 -2.717806e-01",
+}
+"""The calibration of a KITTI frame, ``key -> values`` (the lines ``key: values`` of ``calib/ID.txt``)."""
+
+
+def kitti_train(tmp: Path, calib_edit: Callable[[dict], None]) -> tuple[list[str], list[Path]]:
+    """Two frames in the KITTI layout (point cloud, calibration, image size, label) with a tiny PointPillars
+    backbone; frame 000001's calibration is edited by ``calib_edit``."""
+    from hrnas.space.pointpillars import BEVBlockSpec, PointPillarsSpec
+
+    root = tmp / "kitti"
+    for sub in ("velodyne", "calib", "image_2", "label_2"):
+        (root / "training" / sub).mkdir(parents=True)
+    (root / "ImageSets").mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(2):
+        frame = f"{index:06d}"
+        points = rng.uniform((1, -12, -2, 0), (25, 12, 0.5, 1), (500, 4)).astype(np.float32)
+        points.tofile(root / "training" / "velodyne" / f"{frame}.bin")
+        calib = dict(CALIB)
+        if index == 1:
+            calib_edit(calib)
+        (root / "training" / "calib" / f"{frame}.txt").write_text("".join(f"{k}: {v}\n" for k, v in calib.items()))
+        Image.fromarray(np.zeros((375, 1242), np.uint8)).save(root / "training" / "image_2" / f"{frame}.png")
+        (root / "training" / "label_2" / f"{frame}.txt").write_text(KITTI_CAR + "\n")
+    (root / "ImageSets" / "train.txt").write_text("000000\n000001\n")
+    (root / "ImageSets" / "val.txt").write_text("000000\n")
+    spec = PointPillarsSpec(blocks=(BEVBlockSpec(16, 2, 1, 32, 1), BEVBlockSpec(32, 2, 1, 32, 2)), in_channels=16)
+    spec.save(tmp / "tiny_pp.json")
+    run = tmp / "run"
+    argv = ["train", "kitti", "--run-dir", run, *set_args(
+        f"data.root={root}", f"model.spec={tmp / 'tiny_pp.json'}",
+        "task.point_cloud_range=[0, -12.8, -3, 25.6, 12.8, 1]", "task.voxel_size=[0.4, 0.4, 4]",
+        "data.crop_size=[64, 64]", "data.batch_size=2", "data.eval_batch_size=2",
+        "task.gt_sampling=false", *TINY_TRAIN,
+    )]  # fmt: skip
+    return argv, [run / name for name in RUN_RESULTS]
+
+
+def _calib(key: str, value: str) -> Callable[[Path, Path], tuple[list, list[Path]]]:
+    return lambda tmp, _: kitti_train(tmp, lambda calib: calib.update({key: value}))
+
+
 # --- checkpoints ------------------------------------------------------------------------------------
 
 
@@ -420,6 +471,10 @@ CASES: dict[str, Bad] = {
                             ("000001.txt:1", "field 'h'", "'tall'")),
     "kitti-negative-size": Bad(lambda tmp, _: kitti_eval(tmp, KITTI_CAR.replace(" 3.64 ", " -3.64 ") + "\n"),
                                ("000001.txt:1", "field 'l' is -3.64", "positive size")),
+    "kitti-calib-values": Bad(_calib("P2", CALIB["P2"].rsplit(" ", 1)[0]),
+                              ("calib/000001.txt:3", "P2 needs 12 values, got 11")),
+    "kitti-calib-not-number": Bad(_calib("R0_rect", CALIB["R0_rect"].replace("9.999421e-01", "one")),
+                                  ("calib/000001.txt:5", "'R0_rect'", "'one'")),
     # checkpoints
     "ckpt-truncated": Bad(_truncated, ("cut.pt", "not a checkpoint"), needs_checkpoint=True),
     "ckpt-not-torch": Bad(_text_predict, ("notes.pt", "not a checkpoint")),
