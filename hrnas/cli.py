@@ -63,6 +63,14 @@ def _load_spec(ref: str, transformer: bool = True) -> Any:
     return resolve_spec(ref, transformer=transformer, key="spec")
 
 
+def _output_file(path: str | Path, flag: str) -> Path:
+    """An output file the user named with ``flag``, checked before any work: not an existing folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path}: is a folder; give the name of the file to write")
+    return path
+
+
 def _input_size(spec: Any, size: Sequence[int]) -> tuple[int, int]:
     """``--input-size H W`` checked against what ``spec`` can take (SpecError naming the value and the
     minimum)."""
@@ -136,7 +144,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     spec = _load_spec(args.spec)
     supernet = _load_spec(args.supernet) if args.supernet else None
     size = _input_size(supernet or spec, args.input_size)
-    out = plot_architecture(spec, args.output, supernet=supernet, input_size=size)
+    out = plot_architecture(spec, _output_file(args.output, "-o"), supernet=supernet, input_size=size)
     print(f"wrote {out}")
     return 0
 
@@ -260,6 +268,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hrnas.engine.data import eval_loader
     from hrnas.utils.atomic import atomic_write_text
 
+    out = _output_file(args.out or Path(args.checkpoint).with_name("eval_metrics.json"), "--out")
     model, spec, cfg, task = _checkpoint_task(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader = eval_loader(task.val_dataset(), cfg.data.eval_batch_size, workers=cfg.data.workers, collate=task.collate)
@@ -277,7 +286,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         shown = {k: v for k, v in metrics.items() if not isinstance(v, list)}
         print(json.dumps(shown, indent=1))
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval_metrics.json")
     atomic_write_text(out, json.dumps(metrics, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
@@ -291,9 +299,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    output = _output_file(args.output, "-o")
     model, spec, _, task = _checkpoint_task(args, with_data=False)
     size = _input_size(spec, args.input_size) if args.input_size else None
-    report = task.export(model, spec, Path(args.output), input_size=size)
+    report = task.export(model, spec, output, input_size=size)
     print(f"wrote {report.path}; onnxruntime vs PyTorch max abs diff {report.max_abs_diff:.3g}")
     return 0
 

@@ -124,6 +124,12 @@ CASES: dict[str, Case] = {
     "export-input-size-zero": Case(
         ["export", "{ckpt}", "-o", "{tmp}/model.onnx", "--input-size", "0", "32"], ("--input-size 0 32",),
     ),
+    "export-output-is-a-folder": Case(
+        ["export", "{ckpt}", "-o", "{tmp}/models"], ("-o", "models: is a folder"), {"models/keep": ""},
+    ),
+    "evaluate-output-is-a-folder": Case(
+        ["evaluate", "{ckpt}", "--out", "{tmp}/metrics"], ("--out", "metrics: is a folder"), {"metrics/keep": ""},
+    ),
     "export-missing-checkpoint": Case(["export", "{tmp}/nope.pt", "-o", "{tmp}/model.onnx"], ("nope.pt",)),
     "unknown-argument": Case(["cost", "test_seg", "--bogus"], ("--bogus", "hrnas cost --help")),
     # --- YAML configs ------------------------------------------------------------------------------
