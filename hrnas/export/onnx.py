@@ -323,6 +323,7 @@ def export_onnx(
     dynamo: bool = True,
     seed: int = 0,
     check_inputs: Sequence[Tensor] | None = None,
+    pad_to: int = 8,
 ) -> ExportReport:
     """Export the deployed form of an image network to ONNX and check it in ONNX Runtime.
 
@@ -330,6 +331,9 @@ def export_onnx(
         model: a network taking ``(N, C, H, W)`` float images and returning a tensor (or a tuple of
             tensors), e.g. :func:`hrnas.space.network.build_model`'s. It is not modified: a BN-folded,
             eval-mode, float32 CPU copy is exported (:func:`hrnas.space.deploy.deploy`).
+        pad_to: every kernel group of every search block is zero-padded to a multiple of this many
+            channels (same outputs; ONNX Runtime runs convolutions of other widths in a much slower
+            layout). 1 exports the widths as they are.
         out_path: the ``.onnx`` file to write; parent folders are created. It is replaced atomically and
             only once the export (and the check, when enabled) succeeded.
         input_size: (H, W) of the input. The graph is exported for this size only (the resizes between
@@ -366,7 +370,7 @@ def export_onnx(
     height, width = (int(s) for s in input_size)
     channels = _default_in_channels(model) if in_channels is None else int(in_channels)
     out_path = Path(out_path)
-    deployed = deploy(model).to(device="cpu", dtype=torch.float32)
+    deployed = deploy(model, pad_to=pad_to).to(device="cpu", dtype=torch.float32)
 
     generator = torch.Generator().manual_seed(seed)
     batch = 2 if dynamic_batch else 1  # torch.export specialises a dimension of size 1

@@ -91,33 +91,67 @@ class GroupedInferencePath(nn.Module):
         return out
 
 
+def _padded(conv: nn.Conv2d, channels: int, *, inputs: bool = False, depthwise: bool = False) -> nn.Conv2d:
+    """``conv`` with its output channels (or, with ``inputs``, its input channels) zero-padded to
+    ``channels``; a ``depthwise`` conv grows in both. The extra outputs are exactly 0 (zero weight and
+    bias) and extra inputs are read with zero weight, so the result is unchanged."""
+    n = conv.out_channels if not inputs else conv.in_channels
+    if channels == n:
+        return conv
+    in_ch = channels if inputs or depthwise else conv.in_channels
+    out_ch = channels if not inputs or depthwise else conv.out_channels
+    padded = nn.Conv2d(
+        in_ch,
+        out_ch,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        channels if depthwise else 1,
+        bias=conv.bias is not None,
+    ).to(conv.weight)
+    padded.weight.zero_()
+    if inputs and not depthwise:
+        padded.weight[:, : conv.in_channels].copy_(conv.weight)
+    else:
+        padded.weight[: conv.out_channels].copy_(conv.weight)
+    if conv.bias is not None:
+        padded.bias.zero_()
+        padded.bias[: conv.out_channels].copy_(conv.bias)
+    return padded
+
+
 @torch.no_grad()
-def _grouped_path(block: SearchBlock) -> GroupedInferencePath:
+def _grouped_path(block: SearchBlock, pad_to: int = 1) -> GroupedInferencePath:
     """The block's path with every BN folded: group g gets rows g of the expansion, its depthwise conv
-    and columns g of the projection."""
+    and columns g of the projection. With ``pad_to`` > 1 each group's channels are zero-padded up to a
+    multiple of it (when the activation maps 0 to 0, so the padding stays exactly 0)."""
+    if pad_to > 1 and float(block.act1(torch.zeros(1)).abs()) != 0.0:
+        pad_to = 1
     expands, depthwise, projects = [], [], []
     project = fold_bn(block.project, block.project_bn)
     start = 0
     for i, conv in enumerate(block.depthwise.convs):
         group = slice(start, start + conv.out_channels)
         start = group.stop
+        width = -(-conv.out_channels // pad_to) * pad_to
         e = nn.Conv2d(block.expand.in_channels, conv.out_channels, 1, bias=False).to(block.expand.weight)
         e.weight.copy_(block.expand.weight[group])
-        expands.append(fold_bn(e, block.expand_bn, group))
-        depthwise.append(fold_bn(conv, block.dw_bn, group))
+        expands.append(_padded(fold_bn(e, block.expand_bn, group), width))
+        depthwise.append(_padded(fold_bn(conv, block.dw_bn, group), width, depthwise=True))
         p = nn.Conv2d(conv.out_channels, project.out_channels, 1, bias=i == 0).to(project.weight)
         p.weight.copy_(project.weight[:, group])
         if i == 0:
             p.bias.copy_(project.bias)
-        projects.append(p)
+        projects.append(_padded(p, width, inputs=True))
     assert type(block.act1) is type(block.act2)
     return GroupedInferencePath(expands, depthwise, projects, block.act1)
 
 
-def _deploy_block(block: SearchBlock) -> None:
+def _deploy_block(block: SearchBlock, pad_to: int = 1) -> None:
     if block.spec.total_hidden == 0:
         return
-    block.grouped_path = _grouped_path(block)
+    block.grouped_path = _grouped_path(block, pad_to)
     for name in ("expand", "expand_bn", "depthwise", "dw_bn", "project", "project_bn"):
         delattr(block, name)
 
@@ -137,12 +171,20 @@ def _strip_dropout(module: nn.Module) -> None:
             _strip_dropout(child)
 
 
-def deploy(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with BatchNorm folded into convolutions and dropout removed."""
+def deploy(model: nn.Module, pad_to: int = 1) -> nn.Module:
+    """An eval-mode copy of ``model`` with BatchNorm folded into convolutions and dropout removed.
+
+    ``pad_to`` > 1 zero-pads every kernel group of every search block to a multiple of that many
+    channels (same outputs): ONNX Runtime's CPU kernels run convolutions in blocked layouts (8 channels
+    with AVX2, 16 with AVX-512) and fall back to a layout several times slower for other widths, so a
+    searched network of uneven widths runs 2–4× faster padded (``benchmarks/latency_model.py``).
+    """
+    if pad_to < 1:
+        raise ValueError(f"pad_to {pad_to}: expected at least 1")
     model = copy.deepcopy(model).eval()
     for module in list(model.modules()):
         if isinstance(module, SearchBlock):
-            _deploy_block(module)
+            _deploy_block(module, pad_to)
         elif isinstance(module, LightTransformer):
             _deploy_transformer(module)
         elif isinstance(module, ConvBNAct) and isinstance(module[1], nn.BatchNorm2d):

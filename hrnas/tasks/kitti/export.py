@@ -77,7 +77,8 @@ def export_detector_onnx(
         hrnas.export.onnx.ExportError: the export failed or the outputs differ; nothing is left at
             ``out_path`` then.
     """
-    module = PillarNetExport(deploy(detector).to(device="cpu", dtype=torch.float32)).eval()
+    # kernel groups padded to 8 channels: ONNX Runtime's blocked convolution layouts (hrnas.space.deploy)
+    module = PillarNetExport(deploy(detector, pad_to=8).to(device="cpu", dtype=torch.float32)).eval()
     nx, ny, _ = config.grid_size
     cells = nx * ny
     examples = [

@@ -1,0 +1,128 @@
+"""How well a latency table predicts the measured latency of random sub-networks of its supernet.
+
+Builds (or reads) the latency table of a supernet, draws random sub-networks (random widths per kernel
+group, removed groups, blocks and transformers, random query counts), predicts each one's latency with
+:class:`hrnas.space.latency.LatencyCost` (``deployed_total``: kernel groups padded to the runtime's
+blocking, as ``deploy`` does for it) and measures its deployed export end to end with the same
+protocol, then prints the share within ±5 % and ±10 %, the mean absolute percentage error and Kendall's
+τ, and writes a predicted-vs-measured scatter plot.
+
+    python benchmarks/latency_model.py                                   # demo supernet, 128², 100 nets
+    python benchmarks/latency_model.py --spec hrnas_cityscapes_supernet --input-size 256 512
+    python benchmarks/latency_model.py --runtime torch --threads 2 --nets 50 --plot torch.png
+
+Run it on an otherwise idle machine; the table and the sub-networks are timed in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from hrnas.export.latency import Protocol, build_latency_table, pad_for, time_module
+from hrnas.space.cost import cost, format_macs
+from hrnas.space.deploy import deploy
+from hrnas.space.latency import LatencyCost, LatencyTable
+from hrnas.space.network import build_model
+from hrnas.space.spec import NetSpec
+from hrnas.space.zoo import resolve_spec
+
+
+def random_subnet(spec: NetSpec, rng: random.Random) -> NetSpec:
+    """A sub-network of ``spec``: each block is emptied with p = 0.1; otherwise each kernel group is
+    removed with p = 0.2 or keeps a uniform 1..width channels, and each transformer is removed with
+    p = 0.3 or keeps 1..queries queries."""
+    blocks = {}
+    for path, block in spec.blocks():
+        if rng.random() < 0.1:
+            blocks[path] = replace(block, hidden=(0,) * len(block.hidden), num_queries=0)
+            continue
+        hidden = tuple(0 if c == 0 or rng.random() < 0.2 else rng.randint(1, c) for c in block.hidden)
+        queries = 0 if block.num_queries == 0 or rng.random() < 0.3 else rng.randint(1, block.num_queries)
+        blocks[path] = replace(block, hidden=hidden, num_queries=queries)
+    return spec.replace_blocks(blocks)
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's τ-a of two equally long sequences (O(n²); ties count as neither)."""
+    n, score = len(a), 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            s = (a[i] - a[j]) * (b[i] - b[j])
+            score += (s > 0) - (s < 0)
+    return 2 * score / (n * (n - 1)) if n > 1 else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default="hrnas_demo_supernet")
+    parser.add_argument("--input-size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
+    parser.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "torch"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--nets", type=int, default=100, help="random sub-networks")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--table", help="read this table instead of building one")
+    parser.add_argument("--plot", default="latency_model.png", help="scatter plot (PNG)")
+    args = parser.parse_args()
+
+    spec = resolve_spec(args.spec, key="--spec")
+    size = tuple(args.input_size)
+    protocol = Protocol(runtime=args.runtime, threads=args.threads)
+    print(f"{args.spec} @{size[0]}x{size[1]}, {args.runtime}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
+    t0 = time.perf_counter()
+    table = LatencyTable.load(args.table) if args.table else build_latency_table(spec, size, protocol)
+    print(f"table: {len(table.blocks)} block signatures, {time.perf_counter() - t0:.0f} s")
+    model = LatencyCost(table, source=args.table or "built table")
+
+    rng = random.Random(args.seed)
+    rows = []
+    nets = [spec] + [random_subnet(spec, rng) for _ in range(args.nets - 1)]
+    for i, net in enumerate(nets):
+        torch.manual_seed(0)
+        deployed = deploy(build_model(net), pad_to=pad_for(protocol))
+        measured = time_module(deployed, torch.randn(1, spec.stem.in_channels, *size), protocol)
+        rows.append((model.deployed_total(net, size), measured, cost(net, size).macs))
+        if (i + 1) % 10 == 0:
+            print(f"  {i + 1}/{len(nets)} nets measured")
+    errors = [(p - m) / m for p, m, _ in rows]
+    within5 = sum(abs(e) <= 0.05 for e in errors) / len(errors)
+    within10 = sum(abs(e) <= 0.10 for e in errors) / len(errors)
+    mape = 100 * statistics.mean(abs(e) for e in errors)
+    tau = kendall_tau([p for p, _, _ in rows], [m for _, m, _ in rows])
+    tau_macs = kendall_tau([c for _, _, c in rows], [m for _, m, _ in rows])
+    bias = 100 * statistics.mean(errors)
+    print(f"\n{len(rows)} networks, measured {min(m for _, m, _ in rows):.2f}–{max(m for _, m, _ in rows):.2f} ms, "
+          f"{format_macs(min(c for *_, c in rows))}–{format_macs(max(c for *_, c in rows))} MACs")
+    print(f"within ±5 %: {100 * within5:.1f} %   within ±10 %: {100 * within10:.1f} %   "
+          f"MAPE {mape:.2f} %   mean error {bias:+.2f} %   Kendall τ {tau:.3f} (MACs vs measured: {tau_macs:.3f})")
+    print(f"supernet: predicted {rows[0][0]:.3f} ms, measured {rows[0][1]:.3f} ms; load {os.getloadavg()[0]:.2f}")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter([m for _, m, _ in rows], [p for p, _, _ in rows], s=10)
+    lo = min(min(p, m) for p, m, _ in rows)
+    hi = max(max(p, m) for p, m, _ in rows)
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    ax.fill_between([lo, hi], [0.9 * lo, 0.9 * hi], [1.1 * lo, 1.1 * hi], color="gray", alpha=0.2, label="±10 %")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(f"{args.spec} @{size[0]}x{size[1]}, {args.runtime}, {args.threads} thr")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=120)
+    print(f"plot: {Path(args.plot).resolve()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Building a latency table (:mod:`hrnas.space.latency`) by timing a supernet's parts on this machine.
+
+Every part is timed in its deployed form (:func:`hrnas.space.deploy.deploy`, BN folded) at batch 1, in
+the runtime it will run in:
+
+- ``onnxruntime``: exported with ``torch.onnx.export(..., dynamo=False, opset_version=17)`` and run by
+  ONNX Runtime's CPU provider after its full graph optimisation, so fusions inside a block are counted;
+- ``torch``: eager PyTorch under ``inference_mode``, channels_last (on CUDA when a GPU is present).
+
+One protocol everywhere (:class:`Protocol`): ``warmup`` runs, then the median of ``runs`` runs, the thread
+count set, ONNX Runtime's spinning recorded. Blocks of the same signature are timed once. The widths of
+each kernel group follow the runtime's channel blocking (multiples of ``blocking``, coarser above 64).
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+
+import torch
+from torch import Tensor, nn
+
+from hrnas.space.cost import iter_blocks
+from hrnas.space.cost_model import without_units
+from hrnas.space.deploy import deploy
+from hrnas.space.latency import BlockCurves, LatencyTable, block_key, cpu_model, monotone, skeleton_key
+from hrnas.space.layers import SearchBlock
+from hrnas.space.network import build_model
+from hrnas.space.spec import BlockSpec, NetSpec
+from hrnas.utils.errors import HrnasError
+from hrnas.utils.progress import progress
+
+HW = tuple[int, int]
+RUNTIMES = ("onnxruntime", "torch")
+
+__all__ = ["RUNTIMES", "Protocol", "build_latency_table", "pad_for", "query_grid", "time_module", "width_grid"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How every part is timed: ``runtime``, intra-op ``threads``, ``warmup`` runs, median of ``runs``,
+    ONNX Runtime's ``spinning`` (its intra-op threads busy-wait between kernels), channel ``blocking``."""
+
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    warmup: int = 10
+    runs: int = 50
+    spinning: bool = False
+    blocking: int = 8
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise HrnasError(f"--runtime {self.runtime}: expected one of {', '.join(RUNTIMES)}")
+        if self.threads < 1:
+            raise HrnasError(f"--threads {self.threads}: expected at least 1")
+        if self.runs < 50:
+            raise HrnasError(f"runs {self.runs}: the protocol takes the median of at least 50 runs")
+        if self.blocking < 1:
+            raise HrnasError(f"blocking {self.blocking}: expected at least 1")
+
+
+def width_grid(max_width: int, blocking: int = 8) -> list[int]:
+    """Widths at which a kernel group of up to ``max_width`` channels is timed: multiples of
+    ``blocking`` up to 64, then of ``2·blocking`` up to 128, then of ``4·blocking``; ``max_width`` last."""
+    widths, w = [], blocking
+    while w < max_width:
+        widths.append(w)
+        w += blocking if w < 64 else 2 * blocking if w < 128 else 4 * blocking
+    widths.append(max_width)
+    return sorted(set(widths))
+
+
+def query_grid(max_queries: int) -> list[int]:
+    """Query counts timed for a transformer of up to ``max_queries`` queries: 1, 2, 4, ... and the max."""
+    counts, n = [], 1
+    while n < max_queries:
+        counts.append(n)
+        n *= 2
+    counts.append(max_queries)
+    return sorted(set(counts))
+
+
+def _median_ms(run: Callable[[], object], protocol: Protocol) -> float:
+    for _ in range(protocol.warmup):
+        run()
+    times = []
+    for _ in range(protocol.runs):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def time_module(module: nn.Module, example: Tensor, protocol: Protocol) -> float:
+    """Median milliseconds of one forward of ``module`` (already deployed, eval) on ``example``."""
+    if protocol.runtime == "torch":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        module = module.to(device, memory_format=torch.channels_last)
+        x = example.to(device, memory_format=torch.channels_last)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(protocol.threads)
+        try:
+            with torch.inference_mode():
+                if device.type == "cuda":
+
+                    def run() -> None:
+                        module(x)
+                        torch.cuda.synchronize()
+
+                    return _median_ms(run, protocol)
+                return _median_ms(lambda: module(x), protocol)
+        finally:
+            torch.set_num_threads(previous)
+    import warnings
+
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["x"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = protocol.threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if protocol.spinning else "0")
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    feed = {"x": example.numpy()}
+    return _median_ms(lambda: session.run(None, feed), protocol)
+
+
+def pad_for(protocol: Protocol) -> int:
+    """The kernel-group padding of the deploy form timed for ``protocol`` (ONNX Runtime: the blocking)."""
+    return protocol.blocking if protocol.runtime == "onnxruntime" else 1
+
+
+def _block_module(block: BlockSpec, net: NetSpec, pad_to: int) -> nn.Module:
+    module = SearchBlock(
+        block,
+        activation=net.activation,
+        bn_momentum=net.bn_momentum,
+        bn_eps=net.bn_eps,
+        token_grid=net.token_grid,
+        transformer_dropout=net.transformer_dropout,
+    )
+    return deploy(module, pad_to=pad_to)
+
+
+def _time_block(block: BlockSpec, net: NetSpec, in_hw: HW, protocol: Protocol) -> float:
+    torch.manual_seed(0)
+    example = torch.randn(1, block.in_channels, *in_hw)
+    return time_module(_block_module(block, net, pad_for(protocol)), example, protocol)
+
+
+def build_latency_table(
+    spec: NetSpec, input_size: HW, protocol: Protocol, show_progress: bool = True, spec_name: str = ""
+) -> LatencyTable:
+    """Time ``spec``'s parts (see the module docstring) and return the table.
+
+    The spec is the supernet: every kernel group is timed up to its width in ``spec`` and every
+    transformer up to its queries there. Blocks of one signature (:func:`block_key`) are timed once,
+    at the widest of them.
+    """
+    if not isinstance(spec, NetSpec):
+        raise HrnasError(f"latency tables cover HRNet-style networks, not {type(spec).__name__}")
+    input_size = (int(input_size[0]), int(input_size[1]))
+    widest: dict[str, tuple[BlockSpec, HW]] = {}
+    for _, block, in_hw in iter_blocks(spec, input_size):
+        key = block_key(block, in_hw)
+        if key in widest:
+            old = widest[key][0]
+            groups = dict(zip(old.kernel_sizes, old.hidden, strict=True))
+            for k, c in zip(block.kernel_sizes, block.hidden, strict=True):
+                groups[k] = max(groups.get(k, 0), c)
+            block = replace(
+                old,
+                kernel_sizes=tuple(groups),
+                hidden=tuple(groups.values()),
+                num_queries=max(old.num_queries, block.num_queries),
+            )
+        widest[key] = (block, in_hw)
+
+    jobs: list[tuple[str, str, int, BlockSpec, HW]] = []  # (key, what, size, block, in_hw)
+    for key, (block, in_hw) in widest.items():
+        empty = replace(block, hidden=(0,) * len(block.hidden), num_queries=0)
+        jobs.append((key, "empty", 0, empty, in_hw))
+        for i, (k, c) in enumerate(zip(block.kernel_sizes, block.hidden, strict=True)):
+            for w in width_grid(c, protocol.blocking) if c > 0 else []:
+                hidden = tuple(w if j == i else 0 for j in range(len(block.hidden)))
+                jobs.append((key, f"k{k}", w, replace(empty, hidden=hidden), in_hw))
+        for n in query_grid(block.num_queries) if block.num_queries > 0 else []:
+            jobs.append((key, "queries", n, replace(empty, num_queries=n), in_hw))
+
+    bar = progress(len(jobs) + 1, desc="latency table", enabled=show_progress)
+    torch.manual_seed(0)
+    skeleton = without_units(spec)
+    skeleton_model = deploy(build_model(skeleton))
+    fixed_ms = time_module(skeleton_model, torch.randn(1, spec.stem.in_channels, *input_size), protocol)
+    bar.update(1)
+    measured: dict[tuple[str, str, int], float] = {}
+    for key, what, size, block, in_hw in jobs:
+        measured[(key, what, size)] = _time_block(block, spec, in_hw, protocol)
+        bar.update(1)
+    bar.close()
+
+    blocks: dict[str, BlockCurves] = {}
+    for key, (block, _) in widest.items():
+        base = measured[(key, "empty", 0)]
+        groups = {}
+        for k in block.kernel_sizes:
+            pts = [(float(s), ms - base) for (kk, what, s), ms in measured.items() if kk == key and what == f"k{k}"]
+            groups[k] = monotone([(x, max(y, 0.0)) for x, y in pts])
+        qpts = [(float(s), ms - base) for (kk, what, s), ms in measured.items() if kk == key and what == "queries"]
+        blocks[key] = BlockCurves(groups, monotone([(x, max(y, 0.0)) for x, y in qpts]))
+
+    versions = {"torch": torch.__version__}
+    if protocol.runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        versions["onnxruntime"] = ort.__version__
+    meta = {
+        "runtime": protocol.runtime,
+        "threads": protocol.threads,
+        "cpu": cpu_model(),
+        "input_size": list(input_size),
+        "batch": 1,
+        "pad_to": pad_for(protocol),
+        "spec": spec_name or spec.name,
+        "protocol": asdict(protocol),
+        "versions": versions,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "skeleton": skeleton_key(spec),
+    }
+    return LatencyTable(meta=meta, fixed={skeleton_key(spec): fixed_ms}, blocks=blocks)

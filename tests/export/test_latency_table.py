@@ -1,0 +1,42 @@
+"""Building a latency table on this machine: every block of the supernet is covered, the protocol is
+recorded, and the table predicts the supernet it was built from (no timing asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hrnas.export.latency import Protocol, build_latency_table, query_grid, width_grid
+from hrnas.space.cost import iter_blocks
+from hrnas.space.latency import LatencyCost, LatencyTable, block_key
+from hrnas.space.zoo import get_spec
+from hrnas.utils.errors import HrnasError
+
+
+def test_grids_follow_the_blocking() -> None:
+    assert width_grid(20, 8) == [8, 16, 20]
+    assert width_grid(160, 8)[:9] == [8, 16, 24, 32, 40, 48, 56, 64, 80]
+    assert width_grid(160, 8)[-2:] == [128, 160]
+    assert query_grid(16) == [1, 2, 4, 8, 16] and query_grid(3) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_table_covers_every_block_and_records_the_protocol(runtime: str, tmp_path) -> None:
+    spec = get_spec("test_seg")
+    size = (32, 32)
+    protocol = Protocol(runtime=runtime, threads=1, warmup=1, runs=50)
+    table = build_latency_table(spec, size, protocol, show_progress=False)
+    for _, block, in_hw in iter_blocks(spec, size):
+        curves = table.blocks[block_key(block, in_hw)]
+        assert set(curves.groups) == set(block.kernel_sizes)
+    assert table.meta["runtime"] == runtime and table.meta["threads"] == 1
+    assert table.meta["protocol"]["runs"] == 50 and table.meta["pad_to"] == (8 if runtime == "onnxruntime" else 1)
+    table.save(tmp_path / "table.json")
+    cost = LatencyCost(LatencyTable.load(tmp_path / "table.json"))
+    assert cost.total(spec, size) > cost.fixed(spec, size) > 0
+
+
+def test_protocol_refuses_what_it_cannot_measure() -> None:
+    with pytest.raises(HrnasError, match="--runtime tvm"):
+        Protocol(runtime="tvm")
+    with pytest.raises(HrnasError, match="at least 50 runs"):
+        Protocol(runs=10)

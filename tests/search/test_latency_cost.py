@@ -1,0 +1,145 @@
+"""LatencyCost on a synthetic table (no timing): its prices keep the cost seam's contract, the penalty stays
+differentiable, a budget in milliseconds lands in its window, and bad or foreign tables are one-line errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from hrnas.search.budget import prune_to_budget
+from hrnas.search.penalty import ResourcePenalty
+from hrnas.search.shrink import kept_spec
+from hrnas.space.cost import iter_blocks
+from hrnas.space.latency import BlockCurves, LatencyCost, LatencyTable, LatencyTableError, block_key, skeleton_key
+from hrnas.space.spec import NetSpec
+
+SIZE = (32, 32)
+
+
+def synthetic_table(spec: NetSpec, size: tuple[int, int] = SIZE, pad_to: int = 8) -> LatencyTable:
+    """Curves on a grid of 8 with a fixed cost per group (its first point), convex in width, and a
+    quadratic transformer curve; the fixed part 0.5 ms."""
+    blocks = {}
+    for _, block, in_hw in iter_blocks(spec, size):
+        area = in_hw[0] * in_hw[1] / 1024
+        groups = {}
+        for k, c in zip(block.kernel_sizes, block.hidden, strict=True):
+            top = max(c, 16)
+            grid = sorted({*range(8, top + 1, 8), top})
+            groups[k] = [(0.0, 0.0)] + [(float(w), area * (0.02 + 0.001 * k * w + 1e-5 * w * w)) for w in grid]
+        queries = [(0.0, 0.0)] + [(float(n), 0.01 + 0.003 * n + 0.0004 * n * n) for n in range(1, 17)]
+        blocks[block_key(block, in_hw)] = BlockCurves(groups, queries)
+    meta = {"runtime": "onnxruntime", "threads": 1, "cpu": "test cpu", "input_size": list(size), "pad_to": pad_to}
+    return LatencyTable(meta=meta, fixed={skeleton_key(spec): 0.5}, blocks=blocks)
+
+
+def test_prices_are_exact_differences_of_the_total(make_net):
+    spec, _ = make_net("test_seg")
+    cost = LatencyCost(synthetic_table(spec))
+    assert cost.fixed(spec, SIZE) == 0.5
+    for path, block, in_hw in list(iter_blocks(spec, SIZE))[:4]:
+        for i, k in enumerate(block.kernel_sizes):
+            for width in (block.hidden[i], 9, 8, 1):  # on and off the grid, down to the group's last channel
+                hidden = tuple(width if j == i else h for j, h in enumerate(block.hidden))
+                wider = replace(block, hidden=hidden)
+                narrower = replace(block, hidden=tuple(h - 1 if j == i else h for j, h in enumerate(hidden)))
+                before = cost.total(spec.replace_blocks({path: wider}), SIZE)
+                after = cost.total(spec.replace_blocks({path: narrower}), SIZE)
+                assert before - after == pytest.approx(cost.channel_price(wider, in_hw, k), rel=1e-9, abs=1e-12)
+                assert cost.channel_price(wider, in_hw, k) >= 0
+        if block.num_queries:
+            fewer = replace(block, num_queries=block.num_queries - 1)
+            drop = cost.total(spec, SIZE) - cost.total(spec.replace_blocks({path: fewer}), SIZE)
+            assert drop == pytest.approx(cost.query_price(block, in_hw, block.num_queries, spec.token_grid))
+
+
+def test_a_group_first_channel_carries_its_fixed_cost(make_net):
+    spec, _ = make_net("test_seg")
+    cost = LatencyCost(synthetic_table(spec))
+    _, block, in_hw = next(iter_blocks(spec, SIZE))
+    one = replace(block, hidden=(1, *block.hidden[1:]))
+    two = replace(block, hidden=(2, *block.hidden[1:]))
+    k = block.kernel_sizes[0]
+    assert cost.channel_price(one, in_hw, k) > 5 * cost.channel_price(two, in_hw, k)
+
+
+def test_deployed_total_pads_each_group_to_the_blocking(make_net):
+    spec, _ = make_net("test_seg")
+    cost = LatencyCost(synthetic_table(spec, pad_to=8))
+    path, block, _ = next(iter_blocks(spec, SIZE))
+    odd = spec.replace_blocks({path: replace(block, hidden=(9, *block.hidden[1:]))})
+    padded = spec.replace_blocks({path: replace(block, hidden=(16, *block.hidden[1:]))})
+    assert cost.deployed_total(odd, SIZE) == pytest.approx(cost.total(padded, SIZE))
+    assert cost.total(odd, SIZE) < cost.deployed_total(odd, SIZE)
+
+
+def test_penalty_is_differentiable_in_milliseconds(make_net):
+    spec, model = make_net("test_seg", dtype=torch.float32)
+    penalty = ResourcePenalty(model, spec, SIZE, cost_model=LatencyCost(synthetic_table(spec)))
+    value = penalty(model)
+    value.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert value.item() > 0 and grads and any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("fraction", [0.7, 0.4])
+def test_a_millisecond_budget_lands_in_its_window(fraction, make_net):
+    spec, model = make_net("test_cls_all", dtype=torch.float32)
+    cost = LatencyCost(synthetic_table(spec))
+    total, floor = cost.total(spec, SIZE), cost.fixed(spec, SIZE)
+    budget = floor + fraction * (total - floor)
+    keep = prune_to_budget(model, spec, budget, SIZE, cost_model=cost)
+    assert 0.97 * budget <= cost.total(kept_spec(spec, keep), SIZE) <= budget
+
+
+def test_a_table_for_another_machine_is_named_in_one_line(make_net):
+    spec, _ = make_net("test_seg")
+    table = synthetic_table(spec)
+    assert table.mismatch("onnxruntime", 1, cpu="test cpu") is None
+    line = table.mismatch("onnxruntime", 2, cpu="other cpu")
+    assert line is not None and "\n" not in line and "2 threads" in line and "other cpu" in line
+    cost = LatencyCost(table, source="t.json")
+    with pytest.raises(LatencyTableError, match="t.json: measured at input size"):
+        cost.total(spec, (64, 64))
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda d: d.update(format=99), "format: 99"),
+        (lambda d: d.pop("fixed"), "fixed: missing"),
+        (lambda d: d["meta"].pop("cpu"), "meta.cpu: missing"),
+        (lambda d: d["meta"].update(input_size=[0, 32]), "meta.input_size"),
+        (lambda d: next(iter(d["blocks"].values()))["groups"]["3"].append([8, -1]), "is not a [width >= 0, ms >= 0]"),
+        (lambda d: next(iter(d["blocks"].values()))["groups"].update(x=[[0, 0]]), "kernel size 'x'"),
+    ],
+)
+def test_a_corrupt_table_is_a_one_line_error(edit, fragment, make_net, tmp_path):
+    spec, _ = make_net("test_seg")
+    data = synthetic_table(spec).to_dict()
+    edit(data)
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(LatencyTableError) as info:
+        LatencyTable.load(path)
+    assert str(path) in str(info.value) and fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unreadable_and_missing_tables(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": 1, "format": 1}')
+    with pytest.raises(LatencyTableError, match="bad.json"):
+        LatencyTable.load(bad)
+    with pytest.raises(LatencyTableError, match="no such latency table"):
+        LatencyTable.load(tmp_path / "none.json")
+
+
+def test_round_trip_keeps_every_curve(make_net, tmp_path):
+    spec, _ = make_net("test_seg")
+    table = synthetic_table(spec)
+    table.save(tmp_path / "t.json")
+    again = LatencyTable.load(tmp_path / "t.json")
+    assert LatencyCost(again).total(spec, SIZE) == pytest.approx(LatencyCost(table).total(spec, SIZE))
