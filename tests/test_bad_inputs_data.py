@@ -39,8 +39,9 @@ TINY_TRAIN = [
 PROGRESS_BAR = re.compile(r"\w+: +\d+%\|[^|]*\|[^\]]*\]")
 """A tqdm bar (``train:   0%|          | 0/1 [00:00<?, ?it/s]``)."""
 
-RUN_RESULTS = ("final.pt", "best.pt", "arch.json", "report.json", "final_metrics.json")
-"""What a finished run leaves in its folder; none of it may appear after a bad input."""
+RUN_RESULTS = ("final.pt", "best.pt", "last.pt", "arch.json", "report.json", "final_metrics.json")
+"""What a finished (or checkpointed) run leaves in its folder; none of it may appear after a bad input. (A
+bad sample is found once training has begun, after the trainer wrote ``config.yaml`` and its empty logs.)"""
 
 
 def set_args(*items: str) -> list[str]:
