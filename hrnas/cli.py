@@ -476,7 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Every library error (:class:`~hrnas.utils.errors.HrnasError`) and every error about a path the user gave
     (:data:`USER_PATH_ERRORS`) is printed as one line, ``hrnas COMMAND: error: MESSAGE``, on stderr with exit
     status 2; with ``--debug`` or ``HRNAS_DEBUG=1`` it propagates with its traceback instead. Usage errors exit
-    with status 2 (``SystemExit``) after one line; Ctrl-C exits with 130.
+    with status 2 (``SystemExit``) after one line; Ctrl-C exits with 130, a training stopped by a signal after
+    writing its checkpoint with 128 + the signal's number.
     """
     import hrnas.demos  # noqa: F401  (registers the data generators the tasks' demo formats use)
     from hrnas.utils.errors import HrnasError
@@ -496,9 +497,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"hrnas {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"hrnas {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a training stopped on a signal after its checkpoint
+        print(f"hrnas {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":
