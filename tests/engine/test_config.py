@@ -11,6 +11,7 @@ from hrnas.engine.config import (
     ConfigError,
     RunConfig,
     apply_overrides,
+    check_input_sizes,
     config_from_dict,
     config_to_dict,
     list_presets,
@@ -28,6 +29,38 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_fits_its_network(name):
+    """Sizes at least the network's minimum, and a search target between what pruning can reach and the
+    supernet's own cost (``hrnas search`` refuses anything else before it starts)."""
+    from hrnas.search.budget import check_budget
+    from hrnas.space.zoo import resolve_spec
+
+    cfg = load_config(name)
+    spec = resolve_spec(cfg.model.spec, cfg.model.transformer)
+    check_input_sizes(cfg, spec)
+    if cfg.search.target_macs is not None:
+        check_budget(spec, cfg.penalty_input_size, cfg.search.target_macs)
+
+
+def test_sizes_below_the_network_minimum_name_key_value_and_minimum():
+    from hrnas.space.zoo import get_spec
+
+    spec = get_spec("hrnas_cls_supernet")  # a 1/4 stem and three new branches: 32 pixels at least
+    check_input_sizes(load_config("imagenet_search", ["data.crop_size=[32, 64]"]), spec)
+    with pytest.raises(ConfigError, match=r"data.crop_size \[31, 64\]: below the minimum 32×32"):
+        check_input_sizes(load_config("imagenet_search", ["data.crop_size=[31, 64]"]), spec)
+    with pytest.raises(ConfigError, match=r"search.penalty_input_size \[224, 16\]: below the minimum 32×32"):
+        check_input_sizes(load_config("imagenet_search", ["search.penalty_input_size=[224, 16]"]), spec)
+
+
+def test_set_blames_the_argument_for_an_unknown_key_it_introduces():
+    with pytest.raises(ConfigError, match=r"^--set optimiser.lr=1: unknown key 'optimiser'"):
+        load_config("demo_seg", ["optimiser.lr=1"])
+    with pytest.raises(ConfigError, match=r"^--set optim.sched.x=1: unknown key 'optim.sched'"):
+        load_config("demo_seg", ["optim.sched.x=1"])
 
 
 def test_every_expected_preset_is_shipped():
