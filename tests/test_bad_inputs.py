@@ -131,6 +131,9 @@ CASES: dict[str, Case] = {
         ["evaluate", "{ckpt}", "--out", "{tmp}/metrics"], ("--out", "metrics: is a folder"), {"metrics/keep": ""},
     ),
     "export-missing-checkpoint": Case(["export", "{tmp}/nope.pt", "-o", "{tmp}/model.onnx"], ("nope.pt",)),
+    "kitti-eval-unknown-class": Case(
+        ["kitti-eval", "{tmp}", "{tmp}", "--classes", "Car,Bus"], ("--classes Car,Bus", "'Bus'", "known: Car"),
+    ),
     "unknown-argument": Case(["cost", "test_seg", "--bogus"], ("--bogus", "hrnas cost --help")),
     # --- YAML configs ------------------------------------------------------------------------------
     "yaml-empty-file": Case(["train", "{tmp}/my.yaml", *TRAIN], ("my.yaml: empty file",), {"my.yaml": ""}),
@@ -269,11 +272,15 @@ def test_force_lets_a_target_above_the_supernet_through(run_cli, tmp_path: Path,
         run_cli([*argv, "--force"])
 
 
-def test_debug_flag_shows_the_traceback(run_cli) -> None:
+def test_debug_flag_shows_the_traceback(run_cli, tmp_path: Path) -> None:
+    from hrnas.tasks.base import TaskError
+
     with pytest.raises(ZooError, match="hrnas_no_such_net"):
         run_cli(["--debug", "cost", "hrnas_no_such_net"])
     with pytest.raises(ZooError, match="hrnas_no_such_net"):
         run_cli(["cost", "hrnas_no_such_net", "--debug"])
+    with pytest.raises(TaskError, match="Bus"):  # a task's own command too
+        run_cli(["kitti-eval", str(tmp_path), str(tmp_path), "--classes", "Bus", "--debug"])
 
 
 @pytest.mark.parametrize("value", ["1", "yes"])

@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hrnas.data.errors import DatasetError
+from hrnas.tasks.base import TaskError
 from hrnas.tasks.kitti.eval import CLASS_NAMES, evaluate_kitti, format_kitti_table
 from hrnas.tasks.kitti.formats import KittiObjects, read_ids, read_label
+from hrnas.utils.errors import HrnasError
 
 __all__ = ["add_arguments", "build_parser", "main", "run"]
 
@@ -67,17 +69,14 @@ def _load(args: argparse.Namespace) -> tuple[list[KittiObjects], list[KittiObjec
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate and print; returns the exit code (0, or 2 on bad input)."""
+    """Evaluate and print; returns 0. Bad input raises a one-line :class:`~hrnas.tasks.base.TaskError`
+    (``--classes``) or :class:`~hrnas.data.errors.DatasetError` / ``OSError`` (label and result files), which
+    ``hrnas`` (and :func:`main`) print as one line."""
     classes = tuple(c.strip() for c in str(args.classes).split(",") if c.strip())
     unknown = [c for c in classes if c not in CLASS_NAMES]
     if unknown or not classes:
-        print(f"error: unknown class {unknown} (known: {', '.join(CLASS_NAMES)})", file=sys.stderr)
-        return 2
-    try:
-        gts, dts = _load(args)
-    except (DatasetError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise TaskError(f"--classes {args.classes}: unknown class {unknown} (known: {', '.join(CLASS_NAMES)})")
+    gts, dts = _load(args)
     results = evaluate_kitti(gts, dts, classes)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -93,4 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and on usage errors
         return int(exc.code or 0)
-    return run(args)
+    try:
+        return run(args)
+    except (HrnasError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
