@@ -175,20 +175,31 @@ def _run_dir(args: argparse.Namespace, suffix: str) -> Path:
     return run_dir
 
 
-def _preflight(cfg: Any, arch: Any = None, force: bool = False) -> None:
+def _preflight(cfg: Any, arch: Any = None, force: bool = False, arch_path: str = "") -> None:
     """Checks of a training run that need its network, made before any work (nothing is written): the
-    input sizes against the spec (which reads no data), then a search target against the supernet's cost
-    as the run will build it (``force`` allows a target at or above it)."""
+    head of ``--arch`` against the task, the input sizes against the spec (neither reads data), then a search
+    target against the supernet's cost as the run will build it (``force`` allows a target at or above it)."""
     from hrnas.engine.config import check_input_sizes
+    from hrnas.space.spec import NetSpec
     from hrnas.space.zoo import resolve_spec
-    from hrnas.tasks.base import get_task
+    from hrnas.tasks.base import TaskError, get_task
 
-    check_input_sizes(cfg, resolve_spec(arch if arch is not None else cfg.model.spec, cfg.model.transformer))
+    task = get_task(cfg)
+    spec = resolve_spec(arch if arch is not None else cfg.model.spec, cfg.model.transformer)
+    if arch is not None and isinstance(spec, NetSpec) and not task.claims_spec(spec):
+        if spec.head.kind not in task.head_kinds:
+            raise TaskError(
+                f"--arch {arch_path}: {spec.name or 'the architecture'} has a {spec.head.kind} head; task "
+                f"{task.name!r} needs {' or '.join(task.head_kinds)}"
+            )
+    check_input_sizes(cfg, spec)
     if cfg.search.enabled and cfg.search.target_macs is not None:
         from hrnas.search.budget import check_budget
 
-        spec = get_task(cfg).build_spec(arch)
-        check_budget(spec, cfg.penalty_input_size, cfg.search.target_macs, force=force, what="search.target_macs")
+        check_budget(
+            task.build_spec(arch), cfg.penalty_input_size, cfg.search.target_macs, force=force,
+            what="search.target_macs",
+        )
 
 
 def _report(result: Any, task_metric: str) -> None:
@@ -236,7 +247,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         init_state = inference_state(payload)
     run_dir = _run_dir(args, "retrain")
     if not args.resume:
-        _preflight(cfg, arch)
+        _preflight(cfg, arch, arch_path=args.arch)
     result = train(cfg, run_dir, resume=args.resume, arch=arch, init_state=init_state)
     _report(result, get_task(cfg).metric)
     return 0

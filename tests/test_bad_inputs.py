@@ -197,6 +197,11 @@ CASES: dict[str, Case] = {
         ("data.crop_size [8, 8]", "16×16"),
         {"searched.json": _spec_text()},
     ),
+    "retrain-arch-of-another-task": Case(
+        ["retrain", "demo_seg", *TRAIN, "--arch", "{tmp}/searched.json"],
+        ("--arch", "searched.json", "classification head", "segmentation"),
+        {"searched.json": get_spec("test_cls").to_json()},
+    ),
     "run-dir-holds-a-run": Case(
         ["train", "demo_seg", *TRAIN], ("run", "holds a run already", "--resume", "--overwrite"),
         {"run/last.pt": "not really a checkpoint"},
