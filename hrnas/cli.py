@@ -29,7 +29,7 @@ EPILOG = """examples:
 errors:
   a bad input (a spec, config, size, target, path or checkpoint) is reported as one line,
   `hrnas COMMAND: error: MESSAGE` naming the file/key/value, with exit status 2; pass --debug
-  (anywhere on the line) or set HRNAS_DEBUG=1 to get the full traceback instead.
+  (before or after the command) or set HRNAS_DEBUG=1 to get the full traceback instead.
 """
 
 DEBUG_ENV = "HRNAS_DEBUG"
