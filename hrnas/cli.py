@@ -262,11 +262,13 @@ def _checkpoint_config(payload: dict[str, Any], overrides: Sequence[str]) -> Any
 def _checkpoint_task(args: argparse.Namespace, with_data: bool = True) -> tuple[Any, Any, Any, Any]:
     """The model, spec, run config and task of the checkpoint ``args.checkpoint`` (with ``--set`` and
     ``--data`` applied to its config when the command has them)."""
+    from hrnas.engine.checkpoint import check_task_override
     from hrnas.engine.trainer import load_model_from_checkpoint
     from hrnas.tasks.base import get_task
 
     model, spec, payload = load_model_from_checkpoint(args.checkpoint)
     overrides = list(getattr(args, "set", None) or [])
+    check_task_override(args.checkpoint, payload, overrides)
     if with_data and getattr(args, "data", None):
         overrides.append(f"data.root={args.data}")
     cfg = _checkpoint_config(payload, overrides)

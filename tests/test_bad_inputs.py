@@ -304,12 +304,15 @@ def test_every_library_error_is_an_hrnas_error() -> None:
     from hrnas.data.errors import DatasetError
     from hrnas.engine.checkpoint import CheckpointError
     from hrnas.engine.config import ConfigError
+    from hrnas.engine.trainer import TrainingDiverged
     from hrnas.export.onnx import ExportError
     from hrnas.search.budget import BudgetError
+    from hrnas.space.latency import LatencyTableError
     from hrnas.space.spec import SpecError
     from hrnas.tasks.base import TaskError
     from hrnas.utils.errors import HrnasError
 
-    for cls in (DatasetError, CheckpointError, ConfigError, ExportError, BudgetError, SpecError, TaskError, ZooError):
+    library_errors = (DatasetError, CheckpointError, ConfigError, ExportError, BudgetError, SpecError, TaskError)
+    for cls in (*library_errors, ZooError, TrainingDiverged, LatencyTableError):
         assert issubclass(cls, HrnasError), cls
     assert str(ZooError("unknown zoo name 'x'")) == "unknown zoo name 'x'"  # no KeyError quotes

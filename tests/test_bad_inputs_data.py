@@ -413,6 +413,11 @@ def _missing_export(tmp: Path, _: Path) -> tuple[list, list[Path]]:
     return ["export", tmp / "missing.pt", "-o", tmp / "model.onnx"], [tmp / "model.onnx"]
 
 
+def _evaluate_as_keypoints(tmp: Path, trained: Path) -> tuple[list, list[Path]]:
+    ckpt = copy_run(trained, tmp)
+    return ["evaluate", ckpt, "--set", "task.name=keypoints"], evaluate_outputs(ckpt)
+
+
 def _predict_missing_tensor(tmp: Path, trained: Path) -> tuple[list, list[Path]]:
     ckpt = edited_checkpoint(trained, tmp, drop_first_tensor)
     image = tmp / "photo.png"
@@ -484,6 +489,8 @@ CASES: dict[str, Bad] = {
                                 ("final.pt", "tensor 'head.classifier.weight'", "is [3, ", "builds [5, "),
                                 needs_checkpoint=True),
     "ckpt-missing-tensor": Bad(_predict_missing_tensor, ("final.pt", "missing from the file"), needs_checkpoint=True),
+    "ckpt-other-task": Bad(_evaluate_as_keypoints, ("final.pt", "checkpoint is for task 'segmentation'",
+                                                    "task.name=keypoints"), needs_checkpoint=True),
     "ckpt-inherit-resized": Bad(_inherit_mismatch, ("final.pt", "tensor 'head.classifier.weight' is [2, "),
                                 needs_checkpoint=True),
 }  # fmt: skip

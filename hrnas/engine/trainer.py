@@ -55,12 +55,13 @@ from hrnas.utils.distributed import (
     unwrap_model,
 )
 from hrnas.utils.ema import ModelEma
+from hrnas.utils.errors import HrnasError
 from hrnas.utils.progress import progress
 from hrnas.utils.signals import StopSignals, TrainingStopped
 from hrnas.utils.threads import ThreadGovernor
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(HrnasError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 

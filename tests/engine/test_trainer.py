@@ -114,7 +114,7 @@ def _train_cmd(root: Path, run_dir: Path, steps: int, *extra: str) -> list[str]:
 
 def test_resume_after_sigkill_matches_uninterrupted_run(demo_root: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    steps = 8
+    steps = 40  # long enough that the poll below sees a mid-run checkpoint before the run ends
     reference = tmp_path / "reference"
     subprocess.run(_train_cmd(demo_root, reference, steps), check=True, env=env, capture_output=True)
 
