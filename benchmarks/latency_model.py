@@ -21,33 +21,16 @@ import os
 import random
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from hrnas.export.latency import Protocol, build_latency_table, pad_for, time_module
+from hrnas.export.latency import Protocol, build_latency_table, pad_for, random_subnet, time_module
 from hrnas.space.cost import cost, format_macs
 from hrnas.space.deploy import deploy
 from hrnas.space.latency import LatencyCost, LatencyTable
 from hrnas.space.network import build_model
-from hrnas.space.spec import NetSpec
 from hrnas.space.zoo import resolve_spec
-
-
-def random_subnet(spec: NetSpec, rng: random.Random) -> NetSpec:
-    """A sub-network of ``spec``: each block is emptied with p = 0.1; otherwise each kernel group is
-    removed with p = 0.2 or keeps a uniform 1..width channels, and each transformer is removed with
-    p = 0.3 or keeps 1..queries queries."""
-    blocks = {}
-    for path, block in spec.blocks():
-        if rng.random() < 0.1:
-            blocks[path] = replace(block, hidden=(0,) * len(block.hidden), num_queries=0)
-            continue
-        hidden = tuple(0 if c == 0 or rng.random() < 0.2 else rng.randint(1, c) for c in block.hidden)
-        queries = 0 if block.num_queries == 0 or rng.random() < 0.3 else rng.randint(1, block.num_queries)
-        blocks[path] = replace(block, hidden=hidden, num_queries=queries)
-    return spec.replace_blocks(blocks)
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:

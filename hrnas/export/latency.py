@@ -15,6 +15,7 @@ each kernel group follow the runtime's channel blocking (multiples of ``blocking
 from __future__ import annotations
 
 import io
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -37,7 +38,16 @@ from hrnas.utils.progress import progress
 HW = tuple[int, int]
 RUNTIMES = ("onnxruntime", "torch")
 
-__all__ = ["RUNTIMES", "Protocol", "build_latency_table", "pad_for", "query_grid", "time_module", "width_grid"]
+__all__ = [
+    "RUNTIMES",
+    "Protocol",
+    "build_latency_table",
+    "pad_for",
+    "query_grid",
+    "random_subnet",
+    "time_module",
+    "width_grid",
+]
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,21 @@ def query_grid(max_queries: int) -> list[int]:
         n *= 2
     counts.append(max_queries)
     return sorted(set(counts))
+
+
+def random_subnet(spec: NetSpec, rng: random.Random) -> NetSpec:
+    """A sub-network of ``spec``: each block is emptied with p = 0.1; otherwise each kernel group is
+    removed with p = 0.2 or keeps a uniform 1..width channels, and each transformer is removed with
+    p = 0.3 or keeps 1..queries queries."""
+    blocks = {}
+    for path, block in spec.blocks():
+        if rng.random() < 0.1:
+            blocks[path] = replace(block, hidden=(0,) * len(block.hidden), num_queries=0)
+            continue
+        hidden = tuple(0 if c == 0 or rng.random() < 0.2 else rng.randint(1, c) for c in block.hidden)
+        queries = 0 if block.num_queries == 0 or rng.random() < 0.3 else rng.randint(1, block.num_queries)
+        blocks[path] = replace(block, hidden=hidden, num_queries=queries)
+    return spec.replace_blocks(blocks)
 
 
 def _median_ms(run: Callable[[], object], protocol: Protocol) -> float:
@@ -158,13 +183,19 @@ def _time_block(block: BlockSpec, net: NetSpec, in_hw: HW, protocol: Protocol) -
 
 
 def build_latency_table(
-    spec: NetSpec, input_size: HW, protocol: Protocol, show_progress: bool = True, spec_name: str = ""
+    spec: NetSpec,
+    input_size: HW,
+    protocol: Protocol,
+    show_progress: bool = True,
+    spec_name: str = "",
+    calibration_nets: int = 8,
 ) -> LatencyTable:
     """Time ``spec``'s parts (see the module docstring) and return the table.
 
     The spec is the supernet: every kernel group is timed up to its width in ``spec`` and every
     transformer up to its queries there. Blocks of one signature (:func:`block_key`) are timed once,
-    at the widest of them.
+    at the widest of them. Then the supernet and ``calibration_nets − 1`` random sub-networks are timed
+    end to end to fit how the parts add up (:func:`_calibrate`, stored as ``meta.calibration``).
     """
     if not isinstance(spec, NetSpec):
         raise HrnasError(f"latency tables cover HRNet-style networks, not {type(spec).__name__}")
@@ -218,6 +249,10 @@ def build_latency_table(
         qpts = [(float(s), ms - base) for (kk, what, s), ms in measured.items() if kk == key and what == "queries"]
         blocks[key] = BlockCurves(groups, monotone([(x, max(y, 0.0)) for x, y in qpts]))
 
+    table = LatencyTable(meta={"input_size": list(input_size), "pad_to": pad_for(protocol)},
+                         fixed={skeleton_key(spec): fixed_ms}, blocks=blocks)
+    calibration = _calibrate(table, spec, input_size, protocol, calibration_nets, bar_enabled=show_progress)
+
     versions = {"torch": torch.__version__}
     if protocol.runtime == "onnxruntime":
         import onnxruntime as ort
@@ -235,5 +270,40 @@ def build_latency_table(
         "versions": versions,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "skeleton": skeleton_key(spec),
+        "calibration": calibration,
     }
     return LatencyTable(meta=meta, fixed={skeleton_key(spec): fixed_ms}, blocks=blocks)
+
+
+def _calibrate(
+    table: LatencyTable, spec: NetSpec, input_size: HW, protocol: Protocol, nets: int, bar_enabled: bool
+) -> dict[str, float]:
+    """Fit how the parts, timed alone, add up inside the whole network: measured − fixed ≈ scale · Σ
+    increments + per_group_ms · (active kernel groups and transformers), least squares over the supernet
+    and ``nets − 1`` random sub-networks (seed 12345). Blocks timed alone run with warm caches and without
+    the network's scheduling between them, so the sum of their increments tends to fall short."""
+    import numpy as np
+
+    if nets < 1:
+        return {"scale": 1.0, "per_group_ms": 0.0, "nets": 0}
+    from hrnas.space.latency import LatencyCost
+
+    raw = LatencyCost(table)
+    rng = random.Random(12345)
+    rows, targets = [], []
+    bar = progress(nets, desc="calibration", enabled=bar_enabled)
+    fixed = raw.fixed(spec, input_size)
+    for net in [spec] + [random_subnet(spec, rng) for _ in range(nets - 1)]:
+        torch.manual_seed(0)
+        deployed = deploy(build_model(net), pad_to=pad_for(protocol))
+        measured = time_module(deployed, torch.randn(1, spec.stem.in_channels, *input_size), protocol)
+        groups = sum(c > 0 for b in (blk for _, blk in net.blocks()) for c in b.hidden)
+        groups += sum(b.num_queries > 0 for _, b in net.blocks())
+        rows.append([raw.deployed_total(net, input_size) - fixed, float(groups)])
+        targets.append(measured - fixed)
+        bar.update(1)
+    bar.close()
+    a, b = np.linalg.lstsq(np.array(rows), np.array(targets), rcond=None)[0]
+    if b < 0 or a <= 0:  # the per-group term is not supported by the data: scale alone
+        a, b = float(np.dot(np.array(rows)[:, 0], targets) / np.dot(np.array(rows)[:, 0], np.array(rows)[:, 0])), 0.0
+    return {"scale": float(a), "per_group_ms": float(b), "nets": nets}

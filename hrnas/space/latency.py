@@ -12,7 +12,9 @@ count, CPU and input size, in milliseconds at batch 1:
   the block timed empty. ``g_k(0) = t(0) = 0``; the first point above 0 carries the group's fixed cost
   (its dispatch and layout reorders), which only disappears with the whole group.
 
-The latency of a spec is predicted as ``fixed + Σ_blocks (Σ_k g_k(c_k) + t(n))``; between grid points
+The latency of a spec is predicted as ``fixed + Σ_blocks Σ_parts (scale · g(width) + per_group_ms)`` over
+its present kernel groups and transformers (``g`` = ``g_k`` or ``t``), where ``scale`` and
+``per_group_ms`` (``meta.calibration``) are fitted on whole networks timed end to end; between grid points
 (multiples of the runtime's channel blocking) the curves are interpolated linearly. ONNX Runtime runs
 convolutions of other widths in a far slower layout, so its deploy form pads every kernel group to the
 blocking (``meta.pad_to``); :meth:`LatencyCost.deployed_total` predicts that padded network. A unit's price is
@@ -115,12 +117,6 @@ class BlockCurves:
 
     groups: dict[int, list[tuple[float, float]]]
     queries: list[tuple[float, float]] = field(default_factory=lambda: [(0.0, 0.0)])
-
-    def group_ms(self, kernel_size: int, channels: float) -> float:
-        return _interpolate(self.groups[kernel_size], channels)
-
-    def query_ms(self, queries: float) -> float:
-        return _interpolate(self.queries, queries)
 
 
 @dataclass
@@ -242,6 +238,14 @@ class LatencyCost(CostModel):
     def __init__(self, table: LatencyTable, source: str = "latency table") -> None:
         self.table = table
         self.source = source
+        calibration = table.meta.get("calibration") or {}
+        self.scale = float(calibration.get("scale", 1.0))
+        self.per_group_ms = float(calibration.get("per_group_ms", 0.0))
+
+    def _part(self, points: list[tuple[float, float]], width: float) -> float:
+        """A kernel group's (or transformer's) latency at ``width`` in the network: the calibrated curve
+        plus the per-group cost, 0 for an absent one."""
+        return self.scale * _interpolate(points, width) + self.per_group_ms if width > 0 else 0.0
 
     def _curves(self, block: BlockSpec, in_hw: HW) -> BlockCurves:
         key = block_key(block, tuple(in_hw))
@@ -264,12 +268,12 @@ class LatencyCost(CostModel):
         points = self._group(curves, block, kernel_size)
         width = dict(zip(block.kernel_sizes, block.hidden, strict=True)).get(kernel_size, 0)
         width = max(int(width), 1)
-        return _interpolate(points, width) - _interpolate(points, width - 1)
+        return self._part(points, width) - self._part(points, width - 1)
 
     def query_price(self, block: BlockSpec, in_hw: HW, alive: int, grid: int) -> float:
         curves = self._curves(block, in_hw)
         alive = max(int(alive), 1)
-        return curves.query_ms(alive) - curves.query_ms(alive - 1)
+        return self._part(curves.queries, alive) - self._part(curves.queries, alive - 1)
 
     def _check_size(self, input_size: HW) -> None:
         if tuple(input_size) != self.table.input_size:
@@ -306,9 +310,9 @@ class LatencyCost(CostModel):
             curves = self._curves(block, in_hw)
             for k, c in zip(block.kernel_sizes, block.hidden, strict=True):
                 if c > 0:
-                    total += _interpolate(self._group(curves, block, k), -(-c // pad_to) * pad_to)
+                    total += self._part(self._group(curves, block, k), -(-c // pad_to) * pad_to)
             if block.num_queries > 0:
-                total += curves.query_ms(block.num_queries)
+                total += self._part(curves.queries, block.num_queries)
         return total
 
     def format(self, value: float) -> str:

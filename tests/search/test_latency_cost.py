@@ -19,7 +19,9 @@ from hrnas.space.spec import NetSpec
 SIZE = (32, 32)
 
 
-def synthetic_table(spec: NetSpec, size: tuple[int, int] = SIZE, pad_to: int = 8) -> LatencyTable:
+def synthetic_table(
+    spec: NetSpec, size: tuple[int, int] = SIZE, pad_to: int = 8, calibration: dict | None = None
+) -> LatencyTable:
     """Curves on a grid of 8 with a fixed cost per group (its first point), convex in width, and a
     quadratic transformer curve; the fixed part 0.5 ms."""
     blocks = {}
@@ -33,12 +35,15 @@ def synthetic_table(spec: NetSpec, size: tuple[int, int] = SIZE, pad_to: int = 8
         queries = [(0.0, 0.0)] + [(float(n), 0.01 + 0.003 * n + 0.0004 * n * n) for n in range(1, 17)]
         blocks[block_key(block, in_hw)] = BlockCurves(groups, queries)
     meta = {"runtime": "onnxruntime", "threads": 1, "cpu": "test cpu", "input_size": list(size), "pad_to": pad_to}
+    if calibration is not None:
+        meta["calibration"] = calibration
     return LatencyTable(meta=meta, fixed={skeleton_key(spec): 0.5}, blocks=blocks)
 
 
-def test_prices_are_exact_differences_of_the_total(make_net):
+@pytest.mark.parametrize("calibration", [None, {"scale": 1.2, "per_group_ms": 0.05}])
+def test_prices_are_exact_differences_of_the_total(calibration, make_net):
     spec, _ = make_net("test_seg")
-    cost = LatencyCost(synthetic_table(spec))
+    cost = LatencyCost(synthetic_table(spec, calibration=calibration))
     assert cost.fixed(spec, SIZE) == 0.5
     for path, block, in_hw in list(iter_blocks(spec, SIZE))[:4]:
         for i, k in enumerate(block.kernel_sizes):
@@ -64,6 +69,9 @@ def test_a_group_first_channel_carries_its_fixed_cost(make_net):
     two = replace(block, hidden=(2, *block.hidden[1:]))
     k = block.kernel_sizes[0]
     assert cost.channel_price(one, in_hw, k) > 5 * cost.channel_price(two, in_hw, k)
+    calibrated = LatencyCost(synthetic_table(spec, calibration={"scale": 1.0, "per_group_ms": 0.25}))
+    assert calibrated.channel_price(one, in_hw, k) == pytest.approx(cost.channel_price(one, in_hw, k) + 0.25)
+    assert calibrated.channel_price(two, in_hw, k) == pytest.approx(cost.channel_price(two, in_hw, k))
 
 
 def test_deployed_total_pads_each_group_to_the_blocking(make_net):
