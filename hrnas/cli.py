@@ -22,6 +22,8 @@ EPILOG = """examples:
   hrnas cost hrnas_cityscapes_supernet --input-size 512 1024 --no-transformer
   hrnas cost pointpillars_bev --input-size 496 432   a detector backbone: the whole detector, by part
   hrnas search demo_seg --set search.target_macs=20M
+  hrnas latency-table hrnas_demo_supernet --input-size 128 128 -o demo_table.json
+  hrnas search demo_seg --target-latency 2.5ms --latency-table demo_table.json
   hrnas retrain demo_seg --arch runs/demo_seg-search/arch.json
   hrnas evaluate runs/demo_seg-retrain/final.pt
   hrnas export runs/demo_seg-retrain/final.pt -o model.onnx
@@ -30,6 +32,11 @@ errors:
   a bad input (a spec, config, size, target, path or checkpoint) is reported as one line,
   `hrnas COMMAND: error: MESSAGE` naming the file/key/value, with exit status 2; pass --debug
   (before or after the command) or set HRNAS_DEBUG=1 to get the full traceback instead.
+
+CPU threads and signals:
+  training uses as many threads as other processes leave cores free, re-checked every 5 s
+  (set OMP_NUM_THREADS to fix the count); SIGTERM or Ctrl-C finishes the current step, writes a
+  resumable last.pt and exits 143 or 130 (continue with --resume); a second Ctrl-C stops at once.
 """
 
 DEBUG_ENV = "HRNAS_DEBUG"
@@ -208,11 +215,55 @@ def _report(result: Any, task_metric: str) -> None:
     print(f"{result.run_dir}: {describe_result(result, task_metric)}")
 
 
+def _latency_ms(text: str) -> float:
+    """``8ms`` / ``8`` / ``7.5 ms`` → 8.0 (argparse type of ``--target-latency``)."""
+    value = text.strip().lower().removesuffix("ms").strip()
+    try:
+        ms = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a latency in milliseconds (e.g. 8ms)") from None
+    if not ms > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a latency budget must be positive")
+    return ms
+
+
+def cmd_latency_table(args: argparse.Namespace) -> int:
+    import time
+
+    from hrnas.export.latency import Protocol, build_latency_table
+    from hrnas.space.latency import LatencyCost
+    from hrnas.utils.threads import available_cores
+
+    out = _output_file(args.output, "-o")
+    spec = _load_spec(args.spec, transformer=not args.no_transformer)
+    size = _input_size(spec, args.input_size)
+    protocol = Protocol(runtime=args.runtime, threads=args.threads or available_cores())
+    start = time.perf_counter()
+    table = build_latency_table(spec, size, protocol, spec_name=args.spec)
+    table.save(out)
+    cost = LatencyCost(table, source=str(out))
+    calibration = table.meta["calibration"]
+    print(
+        f"{out}: {len(table.blocks)} block signatures of {spec.name or args.spec} at {size[0]}×{size[1]}, "
+        f"{protocol.runtime} with {protocol.threads} threads on {table.meta['cpu']} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+    print(
+        f"  predicted: {cost.deployed_total(spec, size):.3f} ms whole, {cost.fixed(spec, size):.3f} ms fixed; "
+        f"calibration scale {calibration['scale']:.3f}, {calibration['per_group_ms']:.4f} ms per kernel group"
+    )
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, search: bool | None = None) -> int:
     from hrnas.engine.trainer import train
     from hrnas.tasks.base import get_task
 
     extra = [] if search is None else [f"search.enabled={'true' if search else 'false'}"]
+    if getattr(args, "target_latency", None) is not None:
+        extra += ["search.target_macs=null", f"search.target_latency_ms={args.target_latency}"]
+    if getattr(args, "latency_table", None):
+        extra.append(f"search.latency_table={args.latency_table}")
     cfg = _config(args, extra)
     run_dir = _run_dir(args, "search" if cfg.search.enabled else "train")
     if not args.resume:
@@ -424,7 +475,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search: train the supernet with the resource penalty, shrinking it")
     _add_train_args(p)
     p.add_argument("--force", action="store_true", help=force_help)
+    p.add_argument(
+        "--target-latency",
+        type=_latency_ms,
+        metavar="MS",
+        help="search to a latency budget (e.g. 8ms: deployed, batch 1, at the search's input size) instead of "
+        "search.target_macs; sets search.target_latency_ms",
+    )
+    p.add_argument(
+        "--latency-table",
+        metavar="JSON",
+        help="the latency table to price units with (hrnas latency-table); default: build one for the supernet "
+        "at the start and keep it in the run folder",
+    )
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "latency-table", help="time a supernet's parts on this machine: the latency table a latency search uses"
+    )
+    p.add_argument("spec", help="zoo name or spec JSON of the supernet")
+    p.add_argument("--input-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
+    p.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (default: the cores this process may use)")
+    p.add_argument("--no-transformer", action="store_true", help="remove every transformer first")
+    p.add_argument("-o", "--output", required=True, help="the table file to write (JSON)")
+    p.set_defaults(func=cmd_latency_table)
 
     p = sub.add_parser("retrain", help="train a searched architecture (arch.json)")
     _add_train_args(p)

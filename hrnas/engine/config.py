@@ -269,6 +269,17 @@ class SearchConfig:
             rate for the factors to reach the threshold; 1 = the paper's setting.
         decide_on: which γ decide liveness at a shrink: ``ema_and_current`` (kept if alive in either,
             the paper's rule; the last shrink uses the EMA only) | ``ema`` | ``current``.
+        target_latency_ms: a latency budget instead of ``target_macs`` (not both): milliseconds of the
+            deployed network at batch 1 and ``penalty_input_size``, as the latency table predicts it.
+            Units are then priced in milliseconds (:class:`hrnas.space.latency.LatencyCost`) by the
+            penalty, the path, the shrinks and the final prune.
+        latency_table: the table (``hrnas latency-table``) for ``target_latency_ms``; empty = build one
+            for the supernet at the start of the search and keep it as ``latency_table.json`` in the
+            run folder (a few minutes on a laptop; a resumed run reads it back).
+        latency_runtime: where the searched network will run when the table is built here:
+            ``onnxruntime`` | ``torch``.
+        latency_threads: intra-op threads of that runtime when the table is built here; 0 = the cores
+            this process may use.
     """
 
     enabled: bool = False
@@ -283,6 +294,10 @@ class SearchConfig:
     penalty_input_size: tuple[int, ...] | None = option(None, length=2, minimum=1)
     decide_on: str = option("ema_and_current", choices=("ema_and_current", "ema", "current"))
     factor_lr_mult: float = option(1.0, minimum=0.0)
+    target_latency_ms: float | None = option(None, minimum=1e-6)
+    latency_table: str = ""
+    latency_runtime: str = option("onnxruntime", choices=("onnxruntime", "torch"))
+    latency_threads: int = option(0, minimum=0)
 
 
 def default_task_options() -> TaskOptions:
@@ -752,6 +767,9 @@ def _validate(cfg: RunConfig, src: _Source) -> None:
             raise fail("schedule.milestones", "must list at least one step with 'step'")
         if list(sched.milestones) != sorted(sched.milestones):
             raise fail("schedule.milestones", f"must be increasing, got {list(sched.milestones)}")
+    if search.target_macs is not None and search.target_latency_ms is not None:
+        raise fail("search.target_latency_ms", f"{search.target_latency_ms} is set beside search.target_macs="
+                   f"{search.target_macs}; a search has one budget (set the other to null)")
     if search.rho_warmup_steps < search.rho_free_steps:
         raise fail("search.rho_warmup_steps", f"{search.rho_warmup_steps} is before search.rho_free_steps="
                    f"{search.rho_free_steps} (it is the step where ρ reaches its full value)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from hrnas.engine.schedules import build_scheduler
 from hrnas.engine.step_timer import StepTimer
 from hrnas.search.units import importance_factors
 from hrnas.space.cost import cost, format_macs
-from hrnas.space.cost_model import MAC_COST
+from hrnas.space.cost_model import MAC_COST, CostModel
 from hrnas.space.network import build_model
 from hrnas.space.spec import NetSpec
 from hrnas.space.zoo import spec_from_dict
@@ -182,6 +183,7 @@ class Trainer:
             from hrnas.search.controller import SearchController
 
             s = cfg.search
+            cost_model, budget, min_saving = self._search_cost(spec)
             self.search = SearchController(
                 self.model,
                 spec,
@@ -193,12 +195,12 @@ class Trainer:
                 rho_free_steps=s.rho_free_steps,
                 rho_warmup_steps=s.rho_warmup_steps,
                 shrink_every=s.shrink_every,
-                min_saving=s.min_saving_macs,
-                budget=s.target_macs,
+                min_saving=min_saving,
+                budget=budget,
                 total_steps=cfg.train.steps,
                 decide_on=s.decide_on,
                 path_tolerance=s.path_tolerance,
-                cost_model=MAC_COST,
+                cost_model=cost_model,
             )
         self.step = 0
         self.best: float | None = None
@@ -209,6 +211,38 @@ class Trainer:
         if self.main:
             save_config(cfg, self.run_dir / "config.yaml")
         self.logger = RunLogger(self.run_dir, enabled=self.main)
+
+    def _search_cost(self, spec: NetSpec) -> tuple[CostModel, float | None, float]:
+        """The cost model, budget and minimum shrink saving of the search: MACs, or — with
+        ``search.target_latency_ms`` — milliseconds from a latency table (read, or built for ``spec`` on
+        rank 0 into ``latency_table.json`` and read by every rank)."""
+        s = self.cfg.search
+        if s.target_latency_ms is None:
+            return MAC_COST, s.target_macs, float(s.min_saving_macs)
+        from hrnas.space.latency import LatencyCost, LatencyTable, LatencyTableError
+        from hrnas.utils.threads import available_cores
+
+        size = tuple(self.cfg.penalty_input_size)
+        threads = s.latency_threads or available_cores()
+        path = Path(s.latency_table) if s.latency_table else self.run_dir / "latency_table.json"
+        if not s.latency_table and not path.is_file():
+            if self.main:
+                from hrnas.export.latency import Protocol, build_latency_table
+
+                protocol = Protocol(runtime=s.latency_runtime, threads=threads)
+                build_latency_table(spec, size, protocol, show_progress=self.show_progress).save(path)
+            barrier()
+        table = LatencyTable.load(path)
+        if table.input_size != size:
+            raise LatencyTableError(
+                f"{path}: measured at input size {list(table.input_size)}, the search prices units at "
+                f"{list(size)} (search.penalty_input_size or data.crop_size)"
+            )
+        mismatch = table.mismatch(s.latency_runtime, threads)
+        if mismatch and self.main:
+            print(f"hrnas: warning: {path}: {mismatch}", file=sys.stderr)
+        cost_model = LatencyCost(table, source=str(path))
+        return cost_model, s.target_latency_ms, 0.002 * cost_model.total(spec, size)
 
     # --- model placement ---------------------------------------------------------------------------
     def _place(self, model: nn.Module) -> nn.Module:

@@ -40,3 +40,19 @@ def test_protocol_refuses_what_it_cannot_measure() -> None:
         Protocol(runtime="tvm")
     with pytest.raises(HrnasError, match="at least 50 runs"):
         Protocol(runs=10)
+
+
+def test_cli_writes_a_table_a_search_can_read(run_cli, tmp_path) -> None:
+    out = tmp_path / "table.json"
+    result = run_cli(["latency-table", "test_seg", "--input-size", "32", "32", "--runtime", "torch",
+                      "--threads", "1", "-o", out])
+    assert result.code == 0, result.stderr_lines
+    table = LatencyTable.load(out)
+    assert table.meta["spec"] == "test_seg" and table.meta["calibration"]["nets"] == 8
+    assert "block signatures of test_seg at 32×32" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["fast", "0ms", "-3"])
+def test_a_bad_latency_target_is_one_line(value: str, run_cli) -> None:
+    result = run_cli(["search", "demo_seg", "--target-latency", value])
+    result.assert_one_line_error("--target-latency", value)

@@ -151,3 +151,47 @@ def test_round_trip_keeps_every_curve(make_net, tmp_path):
     table.save(tmp_path / "t.json")
     again = LatencyTable.load(tmp_path / "t.json")
     assert LatencyCost(again).total(spec, SIZE) == pytest.approx(LatencyCost(table).total(spec, SIZE))
+
+
+@pytest.fixture(scope="module")
+def tiny_scenes(tmp_path_factory: pytest.TempPathFactory):
+    from hrnas.demos.scenes import generate_demo_scenes
+
+    root = tmp_path_factory.mktemp("latency-demo") / "scenes"
+    generate_demo_scenes(root, num_train=16, num_val=4, size=64, seed=3, progress=False)
+    return root
+
+
+def test_a_search_to_a_latency_target_lands_on_it(tiny_scenes, tmp_path):
+    from hrnas.engine.config import load_config
+    from hrnas.engine.trainer import train
+    from hrnas.tasks.base import get_task
+
+    overrides = [
+        f"data.root={tiny_scenes}",
+        "model.spec=test_seg",
+        "data.crop_size=[64, 64]",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        "train.steps=6",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "train.log_every=2",
+        "train.bn_calib_batches=1",
+        "schedule.warmup_steps=1",
+        "search.shrink_every=3",
+        "search.rho_free_steps=0",
+        "search.rho_warmup_steps=2",
+        "search.target_macs=null",
+    ]
+    supernet = get_task(load_config("demo_seg", overrides)).build_spec()
+    table_path = tmp_path / "table.json"
+    synthetic_table(supernet, size=(64, 64)).save(table_path)
+    cost = LatencyCost(LatencyTable.load(table_path))
+    target = cost.fixed(supernet, (64, 64)) + 0.6 * (cost.total(supernet, (64, 64)) - cost.fixed(supernet, (64, 64)))
+    cfg = load_config(
+        "demo_seg", [*overrides, f"search.target_latency_ms={target}", f"search.latency_table={table_path}"]
+    )
+    result = train(cfg, tmp_path / "run", show_progress=False)
+    assert 0.95 * target <= cost.total(result.spec, (64, 64)) <= target
+    assert result.search_log and all("cost" in entry for entry in result.search_log)
