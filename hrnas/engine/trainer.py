@@ -503,8 +503,38 @@ class Trainer:
             atomic_write_text(self.run_dir / "final_metrics.json", json.dumps(metrics, indent=1) + "\n")
             if self.search is not None:
                 self._plot_search()
+                self._write_latency(model)
         self.logger.close()
         return TrainResult(self.run_dir, self.spec, metrics, self.step, self.search_log)
+
+    def _write_latency(self, model: nn.Module) -> None:
+        """After a latency search: ``latency.json`` with the searched network's predicted latency (the
+        table's, as deployed) and its measured latency in the table's runtime and threads, next to MACs."""
+        from hrnas.space.latency import LatencyCost
+
+        cost_model = self.search.cost_model if self.search is not None else None
+        if not isinstance(cost_model, LatencyCost) or not isinstance(self.spec, NetSpec):
+            return
+        from hrnas.export.latency import Protocol, pad_for, time_module
+        from hrnas.space.deploy import deploy
+
+        size = tuple(self.cfg.penalty_input_size)
+        meta = cost_model.table.meta
+        protocol = Protocol(runtime=meta["runtime"], threads=int(meta["threads"]))
+        network = copy.deepcopy(unwrap_model(model)).to("cpu", dtype=torch.float32)
+        example = torch.randn(1, self.spec.stem.in_channels, *size)
+        measured = time_module(deploy(network, pad_to=pad_for(protocol)), example, protocol)
+        record = {
+            "target_ms": self.cfg.search.target_latency_ms,
+            "predicted_ms": cost_model.deployed_total(self.spec, size),
+            "measured_ms": measured,
+            "macs": cost(self.spec, size).macs,
+            "input_size": list(size),
+            "runtime": meta["runtime"],
+            "threads": meta["threads"],
+            "table": cost_model.source,
+        }
+        atomic_write_text(self.run_dir / "latency.json", json.dumps(record, indent=1) + "\n")
 
     def _plot_search(self) -> None:
         try:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +43,7 @@ __all__ = [
     "RUNTIMES",
     "Protocol",
     "build_latency_table",
+    "measure_onnx_file",
     "pad_for",
     "query_grid",
     "random_subnet",
@@ -162,6 +164,34 @@ def time_module(module: nn.Module, example: Tensor, protocol: Protocol) -> float
 def pad_for(protocol: Protocol) -> int:
     """The kernel-group padding of the deploy form timed for ``protocol`` (ONNX Runtime: the blocking)."""
     return protocol.blocking if protocol.runtime == "onnxruntime" else 1
+
+
+def measure_onnx_file(path: str | Path, protocol: Protocol, optimized_path: str | Path | None = None) -> float | None:
+    """Median milliseconds of the ONNX model at ``path`` at batch 1 in ONNX Runtime with ``protocol``'s
+    threads and spinning, after its full graph optimisation (saved to ``optimized_path`` when given: that
+    file is specific to this machine's instruction set). ``None`` for a model with an input that is not
+    float or has a symbolic size other than the batch (a detector's pillar count and coordinates), which
+    random inputs do not describe."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = protocol.threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if protocol.spinning else "0")
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {}
+    for i, arg in enumerate(session.get_inputs()):
+        shape = list(arg.shape)
+        if arg.type != "tensor(float)" or any(not isinstance(d, int) for d in shape[1:]):
+            return None  # e.g. pillar coordinates: random values would not be a frame
+        shape[0] = 1 if not isinstance(shape[0], int) else shape[0]
+        feed[arg.name] = np.random.default_rng(i).standard_normal(shape).astype(np.float32)
+    return _median_ms(lambda: session.run(None, feed), protocol)
 
 
 def _block_module(block: BlockSpec, net: NetSpec, pad_to: int) -> nn.Module:

@@ -159,6 +159,7 @@ def test_cli_search_retrain_evaluate_predict_export(
     assert logits.shape == (2, 3)
     out = capsys.readouterr().out
     assert f"{image}: " in out and "searched architecture:" in out and "onnxruntime vs PyTorch" in out
+    assert "ms per image at batch 1 in onnxruntime" in out and (tmp_path / "cls.optimized.onnx").is_file()
 
 
 def test_fashion_mnist_search_uses_official_test_split(fake_fashion: list[str], tmp_path: Path) -> None:
