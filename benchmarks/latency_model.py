@@ -61,7 +61,10 @@ def main() -> None:
     print(f"{args.spec} @{size[0]}x{size[1]}, {args.runtime}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
     t0 = time.perf_counter()
     table = LatencyTable.load(args.table) if args.table else build_latency_table(spec, size, protocol)
-    print(f"table: {len(table.blocks)} block signatures, {time.perf_counter() - t0:.0f} s")
+    print(
+        f"table: {len(table.blocks)} block signatures, {time.perf_counter() - t0:.0f} s, "
+        f"calibration {table.meta.get('calibration')}"
+    )
     model = LatencyCost(table, source=args.table or "built table")
 
     rng = random.Random(args.seed)
@@ -81,10 +84,14 @@ def main() -> None:
     tau = kendall_tau([p for p, _, _ in rows], [m for _, m, _ in rows])
     tau_macs = kendall_tau([c for _, _, c in rows], [m for _, m, _ in rows])
     bias = 100 * statistics.mean(errors)
-    print(f"\n{len(rows)} networks, measured {min(m for _, m, _ in rows):.2f}–{max(m for _, m, _ in rows):.2f} ms, "
-          f"{format_macs(min(c for *_, c in rows))}–{format_macs(max(c for *_, c in rows))} MACs")
-    print(f"within ±5 %: {100 * within5:.1f} %   within ±10 %: {100 * within10:.1f} %   "
-          f"MAPE {mape:.2f} %   mean error {bias:+.2f} %   Kendall τ {tau:.3f} (MACs vs measured: {tau_macs:.3f})")
+    print(
+        f"\n{len(rows)} networks, measured {min(m for _, m, _ in rows):.2f}–{max(m for _, m, _ in rows):.2f} ms, "
+        f"{format_macs(min(c for *_, c in rows))}–{format_macs(max(c for *_, c in rows))} MACs"
+    )
+    print(
+        f"within ±5 %: {100 * within5:.1f} %   within ±10 %: {100 * within10:.1f} %   "
+        f"MAPE {mape:.2f} %   mean error {bias:+.2f} %   Kendall τ {tau:.3f} (MACs vs measured: {tau_macs:.3f})"
+    )
     print(f"supernet: predicted {rows[0][0]:.3f} ms, measured {rows[0][1]:.3f} ms; load {os.getloadavg()[0]:.2f}")
 
     import matplotlib

@@ -13,8 +13,9 @@ count, CPU and input size, in milliseconds at batch 1:
   (its dispatch and layout reorders), which only disappears with the whole group.
 
 The latency of a spec is predicted as ``fixed + Σ_blocks Σ_parts (scale · g(width) + per_group_ms)`` over
-its present kernel groups and transformers (``g`` = ``g_k`` or ``t``), where ``scale`` and
-``per_group_ms`` (``meta.calibration``) are fitted on whole networks timed end to end; between grid points
+its present kernel groups and transformers (``g`` = ``g_k`` or ``t``), where ``scale`` (``meta.calibration``)
+is fitted on whole networks timed end to end (``per_group_ms``, a cost per present part, is read when a
+table gives one; tables built here set 0); between grid points
 (multiples of the runtime's channel blocking) the curves are interpolated linearly. ONNX Runtime runs
 convolutions of other widths in a far slower layout, so its deploy form pads every kernel group to the
 blocking (``meta.pad_to``); :meth:`LatencyCost.deployed_total` predicts that padded network. A unit's price is

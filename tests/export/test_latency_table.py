@@ -48,7 +48,7 @@ def test_cli_writes_a_table_a_search_can_read(run_cli, tmp_path) -> None:
                       "--threads", "1", "-o", out])
     assert result.code == 0, result.stderr_lines
     table = LatencyTable.load(out)
-    assert table.meta["spec"] == "test_seg" and table.meta["calibration"]["nets"] == 8
+    assert table.meta["spec"] == "test_seg" and table.meta["calibration"]["nets"] == 12
     assert "block signatures of test_seg at 32×32" in result.stdout
 
 
