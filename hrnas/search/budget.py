@@ -97,6 +97,12 @@ class _Candidate:
 
 
 @torch.no_grad()
+def _score(gamma: float, price: float) -> float:
+    """Removal order of a unit: importance per unit of cost, least first; a unit that saves nothing (a
+    flat stretch of a measured cost curve) goes last."""
+    return gamma / price if price > 0 else math.inf
+
+
 def prune_to_budget(
     model: nn.Module,
     spec: NetSpec,
@@ -192,7 +198,8 @@ def prune_to_budget(
             delta = channel_price(path, g.index)
             for i in range(g.start, g.stop):
                 if bool(k.channels[i]):
-                    heap.append(_Candidate(gammas[i] / delta, order, "channel", path, i, g.index, gammas[i], delta, 0))
+                    score = _score(gammas[i], delta)
+                    heap.append(_Candidate(score, order, "channel", path, i, g.index, gammas[i], delta, 0))
                     order += 1
         if k.queries is not None and factors[path].queries is not None:
             qg = factors[path].queries.double().cpu().tolist()
@@ -209,7 +216,7 @@ def prune_to_budget(
             gamma = query_gamma[path][queue[0]]
             c = _Candidate(0.0, order, "query", path, queue[0], -1, gamma, 0.0, version[path])
             c.delta = price(c)
-            c.score = gamma / c.delta
+            c.score = _score(gamma, c.delta)
             heapq.heappush(heap, c)
             order += 1
 
@@ -221,7 +228,7 @@ def prune_to_budget(
         delta = price(c)
         if delta == c.delta:
             return False
-        c.delta, c.score = delta, c.gamma / delta
+        c.delta, c.score = delta, _score(c.gamma, delta)
         return True
 
     for path in query_queue:

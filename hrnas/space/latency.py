@@ -84,11 +84,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+MIN_SLOPE_MS = 1e-6
+"""The least a unit may cost (ms per channel or query): a stretch where measurement noise made a curve
+fall is held this much above flat, so every unit keeps a positive price."""
+
+
 def monotone(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """``(x, ms)`` points sorted by x with ``(0, 0)`` first and ms made non-decreasing (running max)."""
+    """``(x, ms)`` points sorted by x with ``(0, 0)`` first and ms made increasing (running max, plus
+    :data:`MIN_SLOPE_MS` per unit of x)."""
     out: list[tuple[float, float]] = [(0.0, 0.0)]
     for x, y in sorted((float(x), float(y)) for x, y in points if x > 0):
-        out.append((x, max(y, out[-1][1])))
+        px, py = out[-1]
+        out.append((x, max(y, py + MIN_SLOPE_MS * (x - px))))
     return out
 
 

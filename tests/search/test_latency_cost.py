@@ -4,7 +4,9 @@ differentiable, a budget in milliseconds lands in its window, and bad or foreign
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,15 @@ from hrnas.search.budget import prune_to_budget
 from hrnas.search.penalty import ResourcePenalty
 from hrnas.search.shrink import kept_spec
 from hrnas.space.cost import iter_blocks
-from hrnas.space.latency import BlockCurves, LatencyCost, LatencyTable, LatencyTableError, block_key, skeleton_key
+from hrnas.space.latency import (
+    BlockCurves,
+    LatencyCost,
+    LatencyTable,
+    LatencyTableError,
+    block_key,
+    monotone,
+    skeleton_key,
+)
 from hrnas.space.spec import NetSpec
 
 SIZE = (32, 32)
@@ -198,3 +208,21 @@ def test_a_search_to_a_latency_target_lands_on_it(tiny_scenes, tmp_path):
     latency = json.loads((tmp_path / "run" / "latency.json").read_text())
     assert latency["target_ms"] == target and latency["measured_ms"] > 0 and latency["macs"] > 0
     assert latency["predicted_ms"] == pytest.approx(cost.deployed_total(result.spec, (64, 64)))
+
+
+def test_flat_stretches_of_a_measured_curve_keep_prices_positive(make_net):
+    spec, model = make_net("test_cls_all", dtype=torch.float32)
+    table = synthetic_table(spec)
+    for curves in table.blocks.values():  # noise: a curve that falls, then stays flat
+        for k, points in curves.groups.items():
+            raw = [(x, points[1][1]) for x, _ in points[1:]]
+            curves.groups[k] = monotone(raw)
+    path = Path(tempfile.mkdtemp()) / "flat.json"
+    table.save(path)
+    cost = LatencyCost(LatencyTable.load(path))
+    for _, block, in_hw in iter_blocks(spec, SIZE):
+        for k in block.kernel_sizes:
+            assert cost.channel_price(block, in_hw, k) > 0
+    budget = cost.fixed(spec, SIZE) + 0.5 * (cost.total(spec, SIZE) - cost.fixed(spec, SIZE))
+    keep = prune_to_budget(model, spec, budget, SIZE, cost_model=cost)
+    assert cost.total(kept_spec(spec, keep), SIZE) <= budget
