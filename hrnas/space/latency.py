@@ -66,9 +66,19 @@ def block_key(block: BlockSpec, in_hw: HW) -> str:
     return f"{block.in_channels}>{block.out_channels} s{block.stride} @{in_hw[0]}x{in_hw[1]}"
 
 
+def _without_groups(value: Any) -> Any:
+    """Plain spec data with every block's ``kernel_sizes`` and ``hidden`` left out (a shrink may drop an
+    emptied kernel group from a block, which changes neither what remains nor its cost)."""
+    if isinstance(value, dict):
+        return {k: _without_groups(v) for k, v in value.items() if k not in ("kernel_sizes", "hidden")}
+    if isinstance(value, list):
+        return [_without_groups(v) for v in value]
+    return value
+
+
 def skeleton_key(spec: NetSpec) -> str:
     """A short hash of ``spec`` with every unit removed (every subnet of one supernet shares it)."""
-    text = json.dumps(without_units(spec).to_dict(), sort_keys=True)
+    text = json.dumps(_without_groups(without_units(spec).to_dict()), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

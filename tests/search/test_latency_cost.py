@@ -226,3 +226,11 @@ def test_flat_stretches_of_a_measured_curve_keep_prices_positive(make_net):
     budget = cost.fixed(spec, SIZE) + 0.5 * (cost.total(spec, SIZE) - cost.fixed(spec, SIZE))
     keep = prune_to_budget(model, spec, budget, SIZE, cost_model=cost)
     assert cost.total(kept_spec(spec, keep), SIZE) <= budget
+
+
+def test_a_block_that_lost_a_whole_kernel_group_keeps_the_skeleton(make_net):
+    spec, _ = make_net("test_seg")
+    path, block = spec.blocks()[0]
+    fewer = replace(block, kernel_sizes=block.kernel_sizes[1:], hidden=block.hidden[1:])
+    assert skeleton_key(spec.replace_blocks({path: fewer})) == skeleton_key(spec)
+    assert LatencyCost(synthetic_table(spec)).total(spec.replace_blocks({path: fewer}), SIZE) > 0
