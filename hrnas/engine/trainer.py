@@ -167,7 +167,7 @@ class Trainer:
             if arch is not None:
                 spec = self.task.build_spec(arch)
         self.spec = spec
-        model = self.task.build_model(spec, init=cfg.model.init)
+        model = self.build_network(spec)
         if init_state is not None:
             _load_matching(model, init_state)
         self.model = self._place(model)
@@ -211,6 +211,17 @@ class Trainer:
         if self.main:
             save_config(cfg, self.run_dir / "config.yaml")
         self.logger = RunLogger(self.run_dir, enabled=self.main)
+
+    def build_network(self, spec: NetSpec) -> nn.Module:
+        """The network trained for ``spec`` (the task's model, ``model.init`` weights). A subclass may
+        train another module with the task's data, loss, metric and recipe (benchmarks/pareto.py trains
+        torchvision's hand-designed nets this way); it then overrides :meth:`network_cost` too."""
+        return self.task.build_model(spec, init=self.cfg.model.init)
+
+    def network_cost(self) -> tuple[int, int]:
+        """MACs and parameters of the trained network at ``penalty_input_size``."""
+        c = cost(self.spec, tuple(self.cfg.penalty_input_size))
+        return c.macs, c.params
 
     def _search_cost(self, spec: NetSpec) -> tuple[CostModel, float | None, float]:
         """The cost model, budget and minimum shrink saving of the search: MACs, or — with
@@ -350,8 +361,8 @@ class Trainer:
             self.task.collate,
         )
         metrics = self.task.evaluate(model, loader, self.device, progress=self.show_progress)
-        c = cost(self.spec, tuple(self.cfg.penalty_input_size))
-        metrics = {**metrics, "macs": c.macs, "params": c.params, "step": self.step}
+        macs, params = self.network_cost()
+        metrics = {**metrics, "macs": macs, "params": params, "step": self.step}
         return model, metrics
 
     def _after_eval(self, model: nn.Module, metrics: dict[str, Any]) -> None:
@@ -463,7 +474,7 @@ class Trainer:
                 window = window[-20:]
                 bar.update(1)
                 if self.step % cfg.train.log_every == 0 or self.step == total:
-                    macs = cost(self.spec, tuple(cfg.penalty_input_size)).macs
+                    macs = self.network_cost()[0]
                     scalars = {
                         "loss": float(task_loss.detach()),
                         "lr": self.optimizer.param_groups[0]["lr"],
