@@ -28,8 +28,8 @@ the paired difference searched − uniform per budget.
     python benchmarks/pareto.py demo_kitti --budgets 0.5 0.8 --device cuda
     python benchmarks/pareto.py demo_seg --quick --out /tmp/pareto   # a smoke run of every stage
 
-A learning curve of one run is in its ``metrics.jsonl`` (``train/loss``; ``--eval-every N`` adds
-``val/`` points).
+``OUT/learning_curves.png`` draws the validation metric of every run against the steps trained
+(``--eval-every N`` adds points before the final one), to see whether the recipe has stopped moving.
 """
 
 from __future__ import annotations
@@ -476,6 +476,51 @@ def summarise(rows: list[dict[str, Any]], latency: dict[str, float | None], metr
     return {"metric": metric, "points": points, "searched_minus_uniform": paired}
 
 
+def learning_curves(rows: list[dict[str, Any]], metric: str, search_steps: int) -> dict[str, list[list[float]]]:
+    """``val/<metric>`` against the training step of every run that logged validation points
+    (``--eval-every``; the final evaluation is always there). A searched run's retrain steps count
+    after its search steps, so every kind is on the same axis of steps trained."""
+    curves = {}
+    for r in rows:
+        log = Path(r["run_dir"]) / "metrics.jsonl"
+        if not log.is_file():
+            continue
+        offset = search_steps if r["kind"] == "searched" else 0
+        points = [
+            [rec["step"] + offset, rec[f"val/{metric}"]]
+            for rec in map(json.loads, log.read_text().splitlines())
+            if f"val/{metric}" in rec
+        ]
+        curves[r["key"]] = sorted({p[0]: p for p in points}.values())
+    return curves
+
+
+def plot_curves(curves: dict[str, list[list[float]]], metric: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colors = {"searched": "C0", "uniform": "C1", "reference": "C2"}
+    for key, points in sorted(curves.items()):
+        if points:
+            kind = key.split("/")[0]
+            ax.plot(
+                [p[0] for p in points], [p[1] for p in points], marker=".", color=colors[kind], alpha=0.7, label=key
+            )
+    ax.set_xlabel("training steps (a searched run: search + retrain)")
+    ax.set_ylabel(f"val {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib
 
@@ -608,12 +653,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         retrain_steps=bench.retrain_steps,
         rule="uniform and reference train search + retrain steps (equal compute)",
         latency={"runtime": "onnxruntime", "threads": args.threads, "batch": 1},
+        learning_curves=learning_curves(bench.results(), metric, bench.search_steps),
     )
     atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=1) + "\n")
     plot(summary, args.out / "pareto.png", f"{args.preset}: {metric} vs cost ({len(args.seeds)} seeds)")
+    curves_png = args.out / "learning_curves.png"
+    plot_curves(summary["learning_curves"], metric, curves_png, f"{args.preset}: val {metric} while training")
     print_tables(summary)
     print(
-        f"\nfiles: {bench.results_path}, {bench.latency_path}, {args.out / 'summary.json'}, {args.out / 'pareto.png'}"
+        f"\nfiles: {bench.results_path}, {bench.latency_path}, {args.out / 'summary.json'}, {args.out / 'pareto.png'}, "
+        f"{curves_png}"
     )
     return 0
 

@@ -46,7 +46,8 @@ def search_and_retrain(
     ``out_dir/retrain`` starting from the search's weights, printing steps 1 and 2 of ``total_steps``.
 
     The short demo budget is spent better continuing from the search's weights than from scratch
-    (`hrnas retrain --init inherit`); benchmarks/searched_vs_uniform.py compares archs from scratch.
+    (`hrnas retrain --init inherit`); benchmarks/pareto.py compares this recipe with the supernet thinned
+    uniformly and a hand-designed network, each trained for the same total steps.
     """
     from hrnas.engine.checkpoint import load_checkpoint
     from hrnas.engine.trainer import inference_state, train

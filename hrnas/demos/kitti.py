@@ -11,7 +11,7 @@
 6. print the MACs of the searched backbone, the supernet and ``pointpillars_bev`` at the demo grid and at
    the full 496×432 grid, and the AP table; write ``report.json``.
 
-The recipe (frames, steps, search schedule) is sized to finish in about 15 minutes on 2 CPU cores.
+The recipe (frames, steps, search schedule) is sized to finish in about 5 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

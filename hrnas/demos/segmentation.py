@@ -129,6 +129,7 @@ def run_demo(
         "target_macs": search_cfg.search.target_macs,
         "val_miou": retrained.metrics["miou"],
         "val_pixel_acc": retrained.metrics["pixel_acc"],
+        "val_iou_per_class": dict(zip(val.classes, retrained.metrics["iou"], strict=True)),
         "background_baseline_miou": baseline,
         "onnx": {"path": str(report.path), "max_abs_diff": report.max_abs_diff},
         "seconds": {
@@ -146,6 +147,8 @@ def run_demo(
         f"(target {format_macs(search_cfg.search.target_macs)}, {out_dir / 'search' / 'arch.json'})"
     )
     print(f"val mIoU   {retrained.metrics['miou']:.4f}  (predict-background baseline {baseline:.4f})")
+    per_class = ", ".join(f"{name} {iou:.2f}" for name, iou in summary["val_iou_per_class"].items())
+    print(f"class IoU  {per_class}")
     print(f"ONNX       {report.path}  (max abs diff vs PyTorch {report.max_abs_diff:.2e})")
     print(f"files      {out_dir}: search/ retrain/ predictions/ model.onnx report.json; plot search/arch.png")
     print(f"time       {summary['seconds']['total']:.0f} s (search {t_search:.0f} s, retrain {t_retrain:.0f} s)")

@@ -60,6 +60,8 @@ def test_quick_run_writes_results_latency_plot_and_summary(tmp_path: Path, capsy
     assert {p["kind"] for p in summary["points"]} == {"searched", "uniform", "reference"}
     assert summary["searched_minus_uniform"][0]["seeds"] == 2
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(summary["learning_curves"]) == keys
     assert "searched − uniform" in capsys.readouterr().out
 
     # a rerun trains nothing and times nothing again

@@ -22,9 +22,13 @@ def test_quick_segmentation_demo_writes_every_artefact(
     report = json.loads((out / "report.json").read_text())
     assert report["searched"]["macs"] <= report["target_macs"] < report["supernet"]["macs"]
     assert 0.0 <= report["val_miou"] <= 1.0 and 0.0 < report["background_baseline_miou"] < 1.0
+    per_class = report["val_iou_per_class"]
+    assert list(per_class)[0] == "background" and len(per_class) == 11
+    present = [v for v in per_class.values() if v == v]  # NaN: a class in neither target nor prediction
+    assert abs(sum(present) / len(present) - report["val_miou"]) < 1e-6
     # the export check ran (on validation images) and passed, or export_onnx would have raised
     assert report["onnx"]["max_abs_diff"] is not None
     for part in ("search/arch.json", "search/arch.png", "retrain/final.pt", "model.onnx"):
         assert (out / part).is_file(), part
     assert len(list((out / "predictions").iterdir())) >= 4
-    assert "val mIoU" in printed and "ONNX" in printed
+    assert "val mIoU" in printed and "ONNX" in printed and "class IoU  background" in printed
