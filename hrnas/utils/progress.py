@@ -23,10 +23,11 @@ def progress(iterable_or_total: Iterable[T] | int, desc: str = "", enabled: bool
         enabled: show the bar; pass ``is_main()`` so other ranks stay silent (a disabled bar still
             iterates). An enabled bar is drawn only when stderr is a terminal, so logs and captured
             output get no redrawn lines and an error after a bar stays the only line; set
-            ``HRNAS_PROGRESS=1`` to draw bars into a file or pipe anyway.
+            ``HRNAS_PROGRESS=1`` to draw bars into a file or pipe anyway. A bar given its own ``file=``
+            is drawn there.
         kwargs: passed to ``tqdm`` (e.g. ``leave=False``, ``initial=`` when resuming).
     """
-    disable = _disabled(enabled)
+    disable = _disabled(enabled) if "file" not in kwargs or not enabled else False
     if isinstance(iterable_or_total, int) and not isinstance(iterable_or_total, bool):
         return tqdm(total=iterable_or_total, desc=desc, disable=disable, dynamic_ncols=True, **kwargs)
     return tqdm(iterable_or_total, desc=desc, disable=disable, dynamic_ncols=True, **kwargs)

@@ -85,3 +85,12 @@ def test_progress():
     shown = progress(range(2), "y", enabled=True, file=sink)
     assert not shown.disable and list(shown) == [0, 1]
     assert "y" in sink.getvalue() and "2/2" in sink.getvalue()
+
+
+def test_progress_is_drawn_on_a_terminal_or_when_asked(monkeypatch, capsys):
+    monkeypatch.delenv("HRNAS_PROGRESS", raising=False)
+    list(progress(range(2), "quiet"))  # pytest's captured stderr is not a terminal
+    assert "quiet" not in capsys.readouterr().err
+    monkeypatch.setenv("HRNAS_PROGRESS", "1")
+    list(progress(range(2), "forced"))
+    assert "forced" in capsys.readouterr().err
