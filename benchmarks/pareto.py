@@ -65,7 +65,7 @@ class Preset:
     retrain overrides, the metrics to report and the hand-designed reference."""
 
     config: str
-    data: Callable[[Path, bool], list[str]]
+    data: Callable[[str, bool], list[str]]
     search: list[str]
     retrain: list[str]
     quick: list[str]
@@ -76,7 +76,7 @@ class Preset:
     extra_report: tuple[str, ...] = field(default=())
 
 
-def _seg_data(root: Path, quick: bool) -> list[str]:
+def _seg_data(root: str, quick: bool) -> list[str]:
     from hrnas.demos.scenes import ensure_demo_scenes
 
     if quick:
@@ -86,11 +86,11 @@ def _seg_data(root: Path, quick: bool) -> list[str]:
     return [f"data.root={root}"]
 
 
-def _cls_data(root: Path, quick: bool) -> list[str]:
-    return [f"data.root={root}" if str(root) else "data.root="]
+def _cls_data(root: str, quick: bool) -> list[str]:
+    return [f"data.root={root}"]  # "": the reader's default places (and the Debian package when missing)
 
 
-def _kitti_data(root: Path, quick: bool) -> list[str]:
+def _kitti_data(root: str, quick: bool) -> list[str]:
     from hrnas.demos.kitti import DEMO_KITTI_DATA, NUM_TRAIN, NUM_VAL, QUICK_FRAMES, SEED
     from hrnas.demos.lidar.simulator import FAST_SCANNER, generate
 
@@ -249,7 +249,7 @@ class Benchmark:
         self.out.mkdir(parents=True, exist_ok=True)
         self.results_path = self.out / "results.jsonl"
         self.latency_path = self.out / "latency.jsonl"
-        data_root = Path(args.data if args.data is not None else self.preset.default_data)
+        data_root = args.data if args.data is not None else self.preset.default_data
         self.base = [*self.preset.data(data_root, args.quick), f"train.device={args.device}", *args.common]
         quick = self.preset.quick if args.quick else []
         search_steps = [f"train.steps={args.search_steps}"] if args.search_steps else []
