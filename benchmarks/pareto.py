@@ -87,7 +87,7 @@ def _seg_data(root: str, quick: bool) -> list[str]:
 
 
 def _cls_data(root: str, quick: bool) -> list[str]:
-    return [f"data.root={root}"]  # "": the reader's default places (and the Debian package when missing)
+    return [f"data.root={root or chr(34) * 2}"]  # "": the reader's default places (and the Debian package when missing)
 
 
 def _kitti_data(root: str, quick: bool) -> list[str]:
@@ -551,7 +551,10 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{metric} (mean ± std over seeds)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "not measured yet", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")

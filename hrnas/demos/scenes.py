@@ -41,6 +41,7 @@ from hrnas.data.errors import DatasetError
 from hrnas.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from hrnas.utils.atomic import atomic_folder
 from hrnas.utils.errors import parse_json_text
+from hrnas.utils.progress import progress as progress_bar
 
 GENERATOR_VERSION = 1
 GENERATOR_NAME = "hrnas.data.demo_scenes"
@@ -356,7 +357,7 @@ def generate_demo_scenes(
     with atomic_folder(root, _check_replaceable) as staging:
         meta = _expected_meta(num_train, num_val, size, seed)
         counts = {}
-        with tqdm(total=num_train + num_val, desc="demo scenes", unit="scene", disable=not progress) as bar:
+        with progress_bar(num_train + num_val, desc="demo scenes", enabled=progress, unit="scene") as bar:
             for split, count in (("train", num_train), ("val", num_val)):
                 counts[split] = _write_split(staging, split, count, size, seed, fashion_root, bar)
         meta.update(

@@ -51,7 +51,6 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from hrnas.data.errors import DatasetError
 from hrnas.demos.lidar.raycast import GROUND, NO_HIT, ScannerConfig, cast
@@ -66,6 +65,7 @@ from hrnas.tasks.kitti.boxes import (
 from hrnas.tasks.kitti.formats import KittiCalib, KittiObjects, write_calib, write_label, write_velodyne
 from hrnas.utils.atomic import atomic_folder
 from hrnas.utils.errors import parse_json_text
+from hrnas.utils.progress import progress as progress_bar
 
 __all__ = [
     "CALIBRATIONS",
@@ -604,7 +604,7 @@ def generate(
                 (staging / folder / sub).mkdir(parents=True)
         labels: dict[str, list[KittiObjects]] = {"train": [], "val": [], "test": []}
         npoints: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-        for folder, index, labelled in tqdm(jobs, desc="simulated KITTI", unit="frame", disable=not progress):
+        for folder, index, labelled in progress_bar(jobs, desc="simulated KITTI", enabled=progress, unit="frame"):
             frame = simulate_frame(frame_rng(seed, folder, index), scanner, scene, image_scale)
             _write_frame(staging / folder, f"{index:06d}", frame, labelled)
             split = "test" if folder == "testing" else ("train" if index < num_train else "val")
