@@ -277,10 +277,10 @@ def parse_label_lines(
 def read_label(path: str | Path, *, require_score: bool = False) -> KittiObjects:
     """Read a ``label_2`` file, or a result file with ``require_score=True`` (see
     :func:`parse_label_lines`)."""
-    return parse_label_lines(_read_ascii(path, "label").splitlines(), source=Path(path), require_score=require_score)
+    return parse_label_lines(read_ascii(path, "label").splitlines(), source=Path(path), require_score=require_score)
 
 
-def _read_ascii(path: str | Path, what: str) -> str:
+def read_ascii(path: str | Path, what: str) -> str:
     """The text of a KITTI text file; KittiFormatError naming it when it is missing, unreadable or not ASCII."""
     path = Path(path)
     try:
@@ -423,7 +423,7 @@ def parse_calib(lines: Iterable[str], source: str | Path = "<calib>") -> KittiCa
 
 def read_calib(path: str | Path) -> KittiCalib:
     """Read a ``calib/NNNNNN.txt`` file (see :func:`parse_calib`)."""
-    return parse_calib(_read_ascii(path, "calibration").splitlines(), source=Path(path))
+    return parse_calib(read_ascii(path, "calibration").splitlines(), source=Path(path))
 
 
 def format_calib(calib: KittiCalib) -> str:
@@ -500,7 +500,7 @@ def read_ids(path: str | Path) -> list[str]:
     """
     path = Path(path)
     ids = []
-    for lineno, raw in enumerate(path.read_text(encoding="ascii").splitlines(), start=1):
+    for lineno, raw in enumerate(read_ascii(path, "frame list").splitlines(), start=1):
         fields = raw.split()
         if not fields:
             continue

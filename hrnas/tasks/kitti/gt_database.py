@@ -33,6 +33,7 @@ from hrnas.tasks.kitti.formats import (
     KittiCalib,
     KittiFormatError,
     KittiObjects,
+    read_ascii,
     read_calib,
     read_label,
     read_velodyne,
@@ -127,7 +128,7 @@ def read_road_plane(path: str | Path) -> np.ndarray:
         KittiFormatError: ``path:4: ...`` when the plane line is missing or malformed.
     """
     path = Path(path)
-    lines = path.read_text(encoding="ascii").splitlines()
+    lines = read_ascii(path, "road plane").splitlines()
     if len(lines) < 4:
         raise KittiFormatError(f"{path}: expected the plane coefficients on line 4, the file has {len(lines)} lines")
     try:

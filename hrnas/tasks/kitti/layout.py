@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hrnas.tasks.kitti.formats import KittiFormatError
+from hrnas.tasks.kitti.formats import KittiFormatError, read_ascii
 
 __all__ = ["FrameFiles", "list_frames", "split_folder", "split_list_path"]
 
@@ -45,7 +45,7 @@ def split_list_path(root: str | Path, split: str) -> Path:
 
 def _read_ids_with_lines(path: Path) -> list[tuple[str, int]]:
     out = []
-    for lineno, raw in enumerate(path.read_text(encoding="ascii").splitlines(), start=1):
+    for lineno, raw in enumerate(read_ascii(path, "frame list").splitlines(), start=1):
         fields = raw.split()
         if not fields:
             continue

@@ -269,6 +269,23 @@ def test_read_ids(tmp_path: Path):
         read_ids(path)
 
 
+def test_non_ascii_frame_lists_and_planes_are_one_line_errors(tmp_path: Path):
+    from hrnas.tasks.kitti.gt_database import read_road_plane
+    from hrnas.tasks.kitti.layout import list_frames
+
+    (tmp_path / "ImageSets").mkdir()
+    ids = tmp_path / "ImageSets" / "val.txt"
+    ids.write_bytes("000001\n00000\u00e9\n".encode("latin-1"))
+    with pytest.raises(KittiFormatError, match=r"val.txt: not an ASCII text file"):
+        read_ids(ids)
+    with pytest.raises(KittiFormatError, match=r"val.txt: not an ASCII text file"):
+        list_frames(tmp_path, "val")
+    plane = tmp_path / "000001.txt"
+    plane.write_bytes("# Plane\nWidth 4\nHeight 1\n0 -1 0 1.6\u00b0\n".encode("latin-1"))
+    with pytest.raises(KittiFormatError, match=r"000001.txt: not an ASCII text file"):
+        read_road_plane(plane)
+
+
 # --------------------------------------------------------------------------------------- frames
 
 
