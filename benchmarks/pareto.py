@@ -87,7 +87,7 @@ def _seg_data(root: str, quick: bool) -> list[str]:
 
 
 def _cls_data(root: str, quick: bool) -> list[str]:
-    return [f"data.root={root or chr(34) * 2}"]  # "": the reader's default places (and the Debian package when missing)
+    return ["data.root=" + (root or '""')]  # "": the reader's default places (and the Debian package when missing)
 
 
 def _kitti_data(root: str, quick: bool) -> list[str]:

@@ -38,6 +38,7 @@ __all__ = [
     "parse_label_lines",
     "read_calib",
     "read_ids",
+    "read_ids_with_lines",
     "read_image_size",
     "read_label",
     "read_velodyne",
@@ -498,13 +499,18 @@ def read_ids(path: str | Path) -> list[str]:
     Raises:
         KittiFormatError: a line holds more than one token.
     """
+    return [frame_id for frame_id, _ in read_ids_with_lines(path)]
+
+
+def read_ids_with_lines(path: str | Path) -> list[tuple[str, int]]:
+    """:func:`read_ids` with each id's 1-based line number, for messages that point at the line."""
     path = Path(path)
-    ids = []
+    out = []
     for lineno, raw in enumerate(read_ascii(path, "frame list").splitlines(), start=1):
         fields = raw.split()
         if not fields:
             continue
         if len(fields) != 1:
             raise KittiFormatError(f"{_where(path, lineno)}: expected one frame id, got {raw.strip()!r}")
-        ids.append(fields[0])
-    return ids
+        out.append((fields[0], lineno))
+    return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hrnas.tasks.kitti.formats import KittiFormatError, read_ascii
+from hrnas.tasks.kitti.formats import KittiFormatError, read_ids_with_lines
 
 __all__ = ["FrameFiles", "list_frames", "split_folder", "split_list_path"]
 
@@ -43,18 +43,12 @@ def split_list_path(root: str | Path, split: str) -> Path:
     return Path(root) / "ImageSets" / f"{split}.txt"
 
 
-def _read_ids_with_lines(path: Path) -> list[tuple[str, int]]:
-    out = []
-    for lineno, raw in enumerate(read_ascii(path, "frame list").splitlines(), start=1):
-        fields = raw.split()
-        if not fields:
-            continue
-        if len(fields) != 1:
-            raise KittiFormatError(f"{path}:{lineno}: expected one frame id, got {raw.strip()!r}")
-        frame_id = fields[0]
+def _read_frame_ids(path: Path) -> list[tuple[str, int]]:
+    """The split list's ids with their line numbers; an id must be a plain file name."""
+    out = read_ids_with_lines(path)
+    for frame_id, lineno in out:
         if "/" in frame_id or "\\" in frame_id or frame_id in (".", ".."):
             raise KittiFormatError(f"{path}:{lineno}: frame id {frame_id!r} is not a file name")
-        out.append((frame_id, lineno))
     return out
 
 
@@ -86,7 +80,7 @@ def list_frames(
     use_labels = (folder / "label_2").is_dir() if labels is None else labels
     use_planes = (folder / "planes").is_dir() if road_planes is None else road_planes
     frames = []
-    for frame_id, lineno in _read_ids_with_lines(list_path):
+    for frame_id, lineno in _read_frame_ids(list_path):
         files = FrameFiles(
             frame_id=frame_id,
             velodyne=folder / "velodyne" / f"{frame_id}.bin",
