@@ -230,16 +230,17 @@ def _latency_ms(text: str) -> float:
 def cmd_latency_table(args: argparse.Namespace) -> int:
     import time
 
-    from hrnas.export.latency import Protocol, build_latency_table
+    from hrnas.export.latency import MeasurementCache, Protocol, build_latency_table
     from hrnas.space.latency import LatencyCost
     from hrnas.utils.threads import available_cores
 
     out = _output_file(args.output, "-o")
     spec = _load_spec(args.spec, transformer=not args.no_transformer)
     size = _input_size(spec, args.input_size)
-    protocol = Protocol(runtime=args.runtime, threads=args.threads or available_cores())
+    protocol = Protocol(runtime=args.runtime, threads=args.threads or available_cores(), rounds=args.rounds)
+    cache = None if args.no_cache else MeasurementCache(protocol)
     start = time.perf_counter()
-    table = build_latency_table(spec, size, protocol, spec_name=args.spec)
+    table = build_latency_table(spec, size, protocol, spec_name=args.spec, cache=cache)
     table.save(out)
     cost = LatencyCost(table, source=str(out))
     calibration = table.meta["calibration"]
@@ -250,8 +251,10 @@ def cmd_latency_table(args: argparse.Namespace) -> int:
     )
     print(
         f"  predicted: {cost.deployed_total(spec, size):.3f} ms whole, {cost.fixed(spec, size):.3f} ms fixed; "
-        f"calibration scale {calibration['scale']:.3f}, {calibration['per_group_ms']:.4f} ms per kernel group"
+        f"calibration scale {calibration['scale']:.3f}, offset {calibration['offset_ms']:+.3f} ms"
     )
+    if cache is not None:
+        print(f"  measurements cached in {cache.path} (--no-cache to time everything afresh)")
     return 0
 
 
@@ -509,7 +512,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
     p.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (default: the cores this process may use)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="passes over all the parts; each part keeps its fastest median (of 50 runs), so a slow spell of "
+        "the machine during one pass does not enter the table (default: 3)",
+    )
     p.add_argument("--no-transformer", action="store_true", help="remove every transformer first")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="time every part afresh; by default parts timed before on this machine with the same runtime, "
+        "versions, threads and protocol are read from $HRNAS_CACHE_DIR (default ~/.cache/hrnas)",
+    )
     p.add_argument("-o", "--output", required=True, help="the table file to write (JSON)")
     p.set_defaults(func=cmd_latency_table)
 

@@ -50,6 +50,12 @@ def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measurement caches of the tests live in a temporary folder, never in the user's."""
+    monkeypatch.setenv("HRNAS_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def single_thread() -> Iterator[None]:
     """Run the test on one thread: tiny networks run faster so, and much faster when the cores are shared."""

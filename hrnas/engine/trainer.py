@@ -236,14 +236,24 @@ class Trainer:
         size = tuple(self.cfg.penalty_input_size)
         threads = s.latency_threads or available_cores()
         path = Path(s.latency_table) if s.latency_table else self.run_dir / "latency_table.json"
-        if not s.latency_table and not path.is_file():
-            if self.main:
-                from hrnas.export.latency import Protocol, build_latency_table
+        # one table for every process: rank 0 reads or builds it and sends it (no shared disk needed)
+        data: object = None
+        if self.main:
+            try:
+                if not s.latency_table and not path.is_file():
+                    from hrnas.export.latency import MeasurementCache, Protocol, build_latency_table
 
-                protocol = Protocol(runtime=s.latency_runtime, threads=threads)
-                build_latency_table(spec, size, protocol, show_progress=self.show_progress).save(path)
-            barrier()
-        table = LatencyTable.load(path)
+                    protocol = Protocol(runtime=s.latency_runtime, threads=threads)
+                    cache = MeasurementCache(protocol)
+                    table = build_latency_table(spec, size, protocol, show_progress=self.show_progress, cache=cache)
+                    table.save(path)
+                data = LatencyTable.load(path).to_dict()
+            except HrnasError as exc:
+                data = exc  # every process raises it, none waits for a table that will not come
+        data = broadcast_object(data)
+        if isinstance(data, Exception):
+            raise data
+        table = LatencyTable.from_dict(data, source=str(path))
         if table.input_size != size:
             raise LatencyTableError(
                 f"{path}: measured at input size {list(table.input_size)}, the search prices units at "

@@ -12,10 +12,10 @@ count, CPU and input size, in milliseconds at batch 1:
   the block timed empty. ``g_k(0) = t(0) = 0``; the first point above 0 carries the group's fixed cost
   (its dispatch and layout reorders), which only disappears with the whole group.
 
-The latency of a spec is predicted as ``fixed + Σ_blocks Σ_parts (scale · g(width) + per_group_ms)`` over
-its present kernel groups and transformers (``g`` = ``g_k`` or ``t``), where ``scale`` (``meta.calibration``)
-is fitted on whole networks timed end to end (``per_group_ms``, a cost per present part, is read when a
-table gives one; tables built here set 0); between grid points
+The latency of a spec is predicted as ``fixed + offset + Σ_blocks Σ_parts (scale · g(width) + per_group_ms)``
+over its present kernel groups and transformers (``g`` = ``g_k`` or ``t``), where ``scale`` and ``offset``
+(``meta.calibration``, ``offset_ms``) are fitted on whole networks timed end to end (``per_group_ms``, a
+cost per present part, is read when a table gives one; tables built here set 0); between grid points
 (multiples of the runtime's channel blocking) the curves are interpolated linearly. ONNX Runtime runs
 convolutions of other widths in a far slower layout, so its deploy form pads every kernel group to the
 blocking (``meta.pad_to``); :meth:`LatencyCost.deployed_total` predicts that padded network. A unit's price is
@@ -259,6 +259,7 @@ class LatencyCost(CostModel):
         calibration = table.meta.get("calibration") or {}
         self.scale = float(calibration.get("scale", 1.0))
         self.per_group_ms = float(calibration.get("per_group_ms", 0.0))
+        self.offset_ms = float(calibration.get("offset_ms", 0.0))
 
     def _part(self, points: list[tuple[float, float]], width: float) -> float:
         """A kernel group's (or transformer's) latency at ``width`` in the network: the calibrated curve
@@ -308,7 +309,7 @@ class LatencyCost(CostModel):
                 f"{self.source}: no fixed part for this network's skeleton {key} (the table was built for "
                 f"another supernet: {self.table.meta.get('spec', '?')})"
             )
-        return self.table.fixed[key]
+        return self.table.fixed[key] + self.offset_ms
 
     def total(self, spec: NetSpec | PointPillarsSpec, input_size: HW) -> float:
         return self._total(spec, input_size, pad_to=1)

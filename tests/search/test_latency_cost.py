@@ -50,11 +50,13 @@ def synthetic_table(
     return LatencyTable(meta=meta, fixed={skeleton_key(spec): 0.5}, blocks=blocks)
 
 
-@pytest.mark.parametrize("calibration", [None, {"scale": 1.2, "per_group_ms": 0.05}])
+@pytest.mark.parametrize(
+    "calibration", [None, {"scale": 1.2, "per_group_ms": 0.05}, {"scale": 0.9, "offset_ms": -0.2, "per_group_ms": 0}]
+)
 def test_prices_are_exact_differences_of_the_total(calibration, make_net):
     spec, _ = make_net("test_seg")
     cost = LatencyCost(synthetic_table(spec, calibration=calibration))
-    assert cost.fixed(spec, SIZE) == 0.5
+    assert cost.fixed(spec, SIZE) == pytest.approx(0.5 + (calibration or {}).get("offset_ms", 0.0))
     for path, block, in_hw in list(iter_blocks(spec, SIZE))[:4]:
         for i, k in enumerate(block.kernel_sizes):
             for width in (block.hidden[i], 9, 8, 1):  # on and off the grid, down to the group's last channel
