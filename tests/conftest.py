@@ -57,6 +57,28 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 
 @pytest.fixture
+def linear_latency_table():  # noqa: ANN201
+    """Make a synthetic latency table (no timing) for a spec at an input size: a fixed part of 0.5 ms,
+    every kernel group 0.01 ms per channel and per 32×32 of its input, every transformer up to 0.1 ms."""
+    from hrnas.space.cost import iter_blocks
+    from hrnas.space.latency import BlockCurves, LatencyTable, block_key, skeleton_key
+
+    def make(spec, size: tuple[int, int]) -> LatencyTable:  # noqa: ANN001
+        blocks = {}
+        for _, block, in_hw in iter_blocks(spec, size):
+            area = in_hw[0] * in_hw[1] / 1024
+            groups = {
+                k: [(0.0, 0.0), (float(max(c, 1)), 0.01 * area * max(c, 1))]
+                for k, c in zip(block.kernel_sizes, block.hidden, strict=True)
+            }
+            blocks[block_key(block, in_hw)] = BlockCurves(groups, [(0.0, 0.0), (16.0, 0.1)])
+        meta = {"runtime": "onnxruntime", "threads": 1, "cpu": "test cpu", "input_size": list(size), "pad_to": 8}
+        return LatencyTable(meta=meta, fixed={skeleton_key(spec): 0.5}, blocks=blocks)
+
+    return make
+
+
+@pytest.fixture
 def single_thread() -> Iterator[None]:
     """Run the test on one thread: tiny networks run faster so, and much faster when the cores are shared."""
     threads = torch.get_num_threads()

@@ -34,6 +34,13 @@ class SearchAndRetrain:
     retrain_seconds: float
 
 
+def search_target(cfg: Any) -> str:
+    """The search's budget as text: ``2.5 ms (latency)`` for a latency search, else the MAC target."""
+    if cfg.search.target_latency_ms is not None:
+        return f"{cfg.search.target_latency_ms:g} ms (latency)"
+    return format_macs(cfg.search.target_macs) if cfg.search.target_macs is not None else "none"
+
+
 def search_and_retrain(
     preset: str,
     search_overrides: Sequence[str],
@@ -60,7 +67,7 @@ def search_and_retrain(
     supernet = task.build_spec()
     print(
         f"[1/{total_steps}] search: {supernet.name} ({format_macs(cost(supernet, size).macs)} MACs at "
-        f"{size[0]}×{size[1]}) → target {format_macs(search_cfg.search.target_macs)}"
+        f"{size[0]}×{size[1]}) → target {search_target(search_cfg)}"
     )
     t0 = time.perf_counter()
     searched = train(search_cfg, out_dir / "search")

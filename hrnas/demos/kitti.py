@@ -112,7 +112,7 @@ def run_kitti_demo(
     ``out_dir/report.json``. ``data_root`` defaults to ``data/kitti_sim_demo`` (``data/kitti_sim_quick``
     with ``quick``, so the smoke run never replaces the demo set). ``quick`` runs a few steps on a handful
     of frames (a smoke test); ``overrides`` are ``KEY=VALUE`` config overrides applied to both search and retrain."""
-    from hrnas.demos.common import search_and_retrain
+    from hrnas.demos.common import search_and_retrain, search_target
     from hrnas.demos.lidar.simulator import FAST_SCANNER, generate, read_meta
     from hrnas.engine.trainer import load_model_from_checkpoint
     from hrnas.tasks.base import get_task
@@ -189,7 +189,7 @@ def run_kitti_demo(
             f"  {key:<18} {format_macs(row['macs_demo_grid']):>10} {format_macs(row['macs_full_grid']):>10} "
             f"{row['params'] / 1e6:8.3f}M"
         )
-    print(f"  (search target {format_macs(search_cfg.search.target_macs)} at {grid[0]}×{grid[1]})\n")
+    print(f"  (search target {search_target(search_cfg)} at {grid[0]}×{grid[1]})\n")
     if metrics.get("kitti"):
         (out_dir / "kitti_eval.txt").write_text(format_kitti_table(metrics["kitti"]))
         print(format_ap_table(metrics["kitti"]))

@@ -82,7 +82,7 @@ def run_demo(
     ``data_root`` (default ``data/demo``, generated if missing); returns the report it writes to
     ``out_dir/report.json``. ``quick`` runs a few steps (a smoke test); ``overrides`` are ``KEY=VALUE``
     config overrides applied to both search and retrain."""
-    from hrnas.demos.common import search_and_retrain
+    from hrnas.demos.common import search_and_retrain, search_target
     from hrnas.demos.scenes import ensure_demo_scenes
     from hrnas.engine.trainer import load_model_from_checkpoint
     from hrnas.export.onnx import export_onnx
@@ -122,11 +122,15 @@ def run_demo(
     )
 
     sup, fin = cost(supernet, size), cost(spec, size)
+    latency_file = out_dir / "search" / "latency.json"
+    latency = json.loads(latency_file.read_text()) if latency_file.is_file() else None
     summary = {
         "input_size": list(size),
         "supernet": {"name": supernet.name, "macs": sup.macs, "params": sup.params},
         "searched": {"macs": fin.macs, "params": fin.params, "arch": str(out_dir / "search" / "arch.json")},
         "target_macs": search_cfg.search.target_macs,
+        "target_latency_ms": search_cfg.search.target_latency_ms,
+        "latency": latency,
         "val_miou": retrained.metrics["miou"],
         "val_pixel_acc": retrained.metrics["pixel_acc"],
         "val_iou_per_class": dict(zip(val.classes, retrained.metrics["iou"], strict=True)),
@@ -144,8 +148,13 @@ def run_demo(
     print(f"supernet   {format_macs(sup.macs):>8s} MACs  {sup.params / 1e6:.3f} M params  ({supernet.name})")
     print(
         f"searched   {format_macs(fin.macs):>8s} MACs  {fin.params / 1e6:.3f} M params  "
-        f"(target {format_macs(search_cfg.search.target_macs)}, {out_dir / 'search' / 'arch.json'})"
+        f"(target {search_target(search_cfg)}, {out_dir / 'search' / 'arch.json'})"
     )
+    if latency is not None:
+        print(
+            f"latency    {latency['predicted_ms']:.2f} ms predicted, {latency['measured_ms']:.2f} ms measured "
+            f"({latency['runtime']}, {latency['threads']} threads, batch 1)"
+        )
     print(f"val mIoU   {retrained.metrics['miou']:.4f}  (predict-background baseline {baseline:.4f})")
     per_class = ", ".join(f"{name} {iou:.2f}" for name, iou in summary["val_iou_per_class"].items())
     print(f"class IoU  {per_class}")

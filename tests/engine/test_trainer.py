@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -184,7 +185,10 @@ import json, os, sys
 import hrnas.demos  # registers the demo-scene generator that data.format 'demo' asks for
 from hrnas.engine.config import load_config
 from hrnas.engine.trainer import train
-cfg = load_config("demo_seg", sys.argv[2:])
+rank = int(os.environ["RANK"])
+# a table path only rank 0 can read: the others must get rank 0's table, not read a shared disk
+overrides = [a.replace("RANK0_ONLY", "" if rank == 0 else "missing-") for a in sys.argv[2:]]
+cfg = load_config("demo_seg", overrides)
 result = train(cfg, sys.argv[1], show_progress=False)
 rank = int(os.environ["RANK"])
 with open(os.path.join(sys.argv[1], f"arch_rank{rank}.json"), "w") as f:
@@ -192,10 +196,23 @@ with open(os.path.join(sys.argv[1], f"arch_rank{rank}.json"), "w") as f:
 """
 
 
-def test_ddp_two_processes_shrink_identically(demo_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("budget", ["macs", "latency"])
+def test_ddp_two_processes_shrink_identically(
+    budget: str, demo_root: Path, tmp_path: Path, linear_latency_table: Callable
+) -> None:
     script = tmp_path / "ddp_search.py"
     script.write_text(DDP_SCRIPT)
     run_dir = tmp_path / "ddp"
+    extra = []
+    if budget == "latency":
+        from hrnas.space.latency import LatencyCost
+        from hrnas.tasks.base import get_task
+
+        supernet = get_task(load_config("demo_seg", _overrides(demo_root))).build_spec()
+        table = linear_latency_table(supernet, (64, 64))
+        table.save(tmp_path / "table.json")
+        target = 0.8 * LatencyCost(table).total(supernet, (64, 64))
+        extra = [f"search.target_latency_ms={target}", f"search.latency_table={tmp_path / 'RANK0_ONLYtable.json'}"]
     overrides = _overrides(
         demo_root,
         "train.steps=4",
@@ -208,6 +225,7 @@ def test_ddp_two_processes_shrink_identically(demo_root: Path, tmp_path: Path) -
         "search.min_saving_macs=0",
         "search.target_macs=null",
         "train.device=cpu",
+        *extra,
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -217,7 +235,7 @@ def test_ddp_two_processes_shrink_identically(demo_root: Path, tmp_path: Path) -
         "--nproc-per-node",
         "2",
         "--master-port",
-        "29533",
+        "29533" if budget == "macs" else "29534",
         str(script),
         str(run_dir),
         *overrides,
@@ -228,6 +246,9 @@ def test_ddp_two_processes_shrink_identically(demo_root: Path, tmp_path: Path) -
     b = (run_dir / "arch_rank1.json").read_text()
     assert a == b
     assert NetSpec.from_json(a) == NetSpec.load(run_dir / "arch.json")
+    if budget == "latency":
+        record = json.loads((run_dir / "latency.json").read_text())
+        assert LatencyCost(table).total(NetSpec.from_json(a), (64, 64)) <= target and record["measured_ms"] > 0
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
