@@ -530,7 +530,9 @@ class Trainer:
 
     def _write_latency(self, model: nn.Module) -> None:
         """After a latency search: ``latency.json`` with the searched network's predicted latency (the
-        table's, as deployed) and its measured latency in the table's runtime and threads, next to MACs."""
+        table's, as deployed) and its measured latency in the table's runtime and threads, next to MACs.
+        For a task model that wraps the searched network (the KITTI detector), that network alone: the
+        part the table prices."""
         from hrnas.space.latency import LatencyCost
 
         cost_model = self.search.cost_model if self.search is not None else None
@@ -542,7 +544,10 @@ class Trainer:
         size = tuple(self.cfg.penalty_input_size)
         meta = cost_model.table.meta
         protocol = Protocol(runtime=meta["runtime"], threads=int(meta["threads"]))
-        network = copy.deepcopy(unwrap_model(model)).to("cpu", dtype=torch.float32)
+        from hrnas.search.units import as_hrnet
+
+        # the searched network itself (a task model such as the KITTI detector wraps it as its backbone)
+        network = copy.deepcopy(as_hrnet(unwrap_model(model))).to("cpu", dtype=torch.float32)
         example = torch.randn(1, self.spec.stem.in_channels, *size)
         measured = time_module(deploy(network, pad_to=pad_for(protocol)), example, protocol)
         record = {

@@ -137,6 +137,42 @@ def test_every_task_trains_evaluates_predicts_exports_and_reloads(
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("name", REGISTERED)
+def test_every_task_searches_to_a_latency_target(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path, linear_latency_table: Any
+) -> None:
+    """The latency budget goes through the same cost seam for every task, the KITTI detector's HR-NAS
+    backbone included (a synthetic table: no timing)."""
+    from hrnas.engine.config import apply_overrides
+    from hrnas.space.latency import LatencyCost
+
+    cfg = request.getfixturevalue(f"{name}_tiny_config")
+    if name == "kitti":  # the tiny config's backbone is PointPillars' own; search the HR-NAS one
+        cfg = apply_overrides(cfg, [f"model.spec={request.getfixturevalue('kitti_specs')['hr']}"])
+    size = tuple(cfg.penalty_input_size)
+    supernet = get_task(cfg).build_spec()
+    table = linear_latency_table(supernet, size)
+    table.save(tmp_path / "table.json")
+    target = 0.7 * LatencyCost(table).total(supernet, size)
+    cfg = apply_overrides(
+        cfg,
+        [
+            "search.enabled=true",
+            "train.steps=4",
+            "search.shrink_every=2",
+            "search.rho_free_steps=0",
+            "search.rho_warmup_steps=1",
+            "search.target_macs=null",
+            f"search.target_latency_ms={target}",
+            f"search.latency_table={tmp_path / 'table.json'}",
+        ],
+    )
+    result = train(cfg, tmp_path / "run", show_progress=False)
+    assert LatencyCost(table).total(result.spec, size) <= target
+    record = json.loads((tmp_path / "run" / "latency.json").read_text())
+    assert record["target_ms"] == target and record["measured_ms"] > 0
+
+
 # ----------------------------------------------------------------------------------------------------
 # A new task in a few lines, outside the package
 
