@@ -2,7 +2,8 @@
 
 Every network is exported with ``torch.onnx.export(..., dynamo=False, opset_version=17)`` (ours in their
 deploy form, ``hrnas.space.deploy.deploy``, with kernel groups padded to ``--pad-to`` channels and, for
-comparison, unpadded) and run by ONNX Runtime's CPU provider at batch 1 with ``--threads`` intra-op
+comparison, unpadded, and with each block's kernel groups merged into one depthwise convolution,
+``deploy(..., merge_groups=True)``) and run by ONNX Runtime's CPU provider at batch 1 with ``--threads`` intra-op
 threads and spinning off (idle sessions with spinning on steal the cores). All sessions are created
 first and timed in alternating rounds, so a noisy machine slows all of them alike; the median over the
 rounds is printed with ms per GMAC and the ratio to MobileNetV2's ms per GMAC.
@@ -87,6 +88,9 @@ def main() -> None:
         for pad in (1, args.pad_to):
             label = f"{name}{tag} @{size[0]}x{size[1]}, pad {pad}"
             rows.append((label, macs, _session(deploy(model, pad_to=pad), size, args.threads)))
+        label = f"{name}{tag} @{size[0]}x{size[1]}, merged, pad {args.pad_to}"
+        merged = deploy(model, pad_to=args.pad_to, merge_groups=True)
+        rows.append((label, macs, _session(merged, size, args.threads)))
 
     seg = torchvision.models.segmentation
     add_torchvision("MobileNetV2", torchvision.models.mobilenet_v2(), (224, 224))

@@ -148,10 +148,55 @@ def _grouped_path(block: SearchBlock, pad_to: int = 1) -> GroupedInferencePath:
     return GroupedInferencePath(expands, depthwise, projects, block.act1)
 
 
-def _deploy_block(block: SearchBlock, pad_to: int = 1) -> None:
+class MergedInferencePath(nn.Module):
+    """A deployed search block's path as one inverted residual: P(act(DW(act(E(x))))), BN folded.
+
+    Every kernel group's depthwise kernel is zero-padded (centred) to the largest kernel of the block,
+    so one depthwise convolution of that size computes all groups: more multiply-adds than one
+    convolution per group, but three operators instead of three per group plus the sums, which pays
+    on CPUs for narrow groups at batch 1. Equal to the per-group form up to float summation order.
+    """
+
+    def __init__(self, expand: nn.Conv2d, depthwise: nn.Conv2d, project: nn.Conv2d, act: nn.Module) -> None:
+        super().__init__()
+        self.expand, self.depthwise, self.project, self.act = expand, depthwise, project, act
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(self.act(self.depthwise(self.act(self.expand(x)))))
+
+
+@torch.no_grad()
+def _merged_path(block: SearchBlock, pad_to: int = 1) -> MergedInferencePath:
+    """The block's path with every BN folded and the kernel groups merged (see
+    :class:`MergedInferencePath`); the hidden channels are zero-padded to a multiple of ``pad_to`` when
+    the activation maps 0 to 0."""
+    if pad_to > 1 and float(block.act1(torch.zeros(1)).abs()) != 0.0:
+        pad_to = 1
+    convs = list(block.depthwise.convs)
+    size = max(conv.kernel_size[0] for conv in convs)
+    total = sum(conv.out_channels for conv in convs)
+    dw = nn.Conv2d(total, total, size, convs[0].stride, size // 2, groups=total, bias=True).to(block.expand.weight)
+    dw.weight.zero_()
+    start = 0
+    for conv in convs:
+        group = slice(start, start + conv.out_channels)
+        start = group.stop
+        folded = fold_bn(conv, block.dw_bn, group)
+        k = conv.kernel_size[0]
+        o = (size - k) // 2
+        dw.weight[group, :, o : o + k, o : o + k].copy_(folded.weight)
+        dw.bias[group].copy_(folded.bias)
+    width = -(-total // pad_to) * pad_to
+    expand = _padded(fold_bn(block.expand, block.expand_bn), width)
+    project = _padded(fold_bn(block.project, block.project_bn), width, inputs=True)
+    assert type(block.act1) is type(block.act2)
+    return MergedInferencePath(expand, _padded(dw, width, depthwise=True), project, block.act1)
+
+
+def _deploy_block(block: SearchBlock, pad_to: int = 1, merge_groups: bool = False) -> None:
     if block.spec.total_hidden == 0:
         return
-    block.grouped_path = _grouped_path(block, pad_to)
+    block.grouped_path = _merged_path(block, pad_to) if merge_groups else _grouped_path(block, pad_to)
     for name in ("expand", "expand_bn", "depthwise", "dw_bn", "project", "project_bn"):
         delattr(block, name)
 
@@ -171,20 +216,23 @@ def _strip_dropout(module: nn.Module) -> None:
             _strip_dropout(child)
 
 
-def deploy(model: nn.Module, pad_to: int = 1) -> nn.Module:
+def deploy(model: nn.Module, pad_to: int = 1, merge_groups: bool = False) -> nn.Module:
     """An eval-mode copy of ``model`` with BatchNorm folded into convolutions and dropout removed.
 
     ``pad_to`` > 1 zero-pads every kernel group of every search block to a multiple of that many
     channels (same outputs): ONNX Runtime's CPU kernels run convolutions in blocked layouts (8 channels
     with AVX2, 16 with AVX-512) and fall back to a layout several times slower for other widths, so a
     searched network of uneven widths runs 2–4× faster padded (``benchmarks/latency_model.py``).
+    ``merge_groups`` computes each search block as one expansion, one depthwise convolution of the
+    block's largest kernel and one projection (:class:`MergedInferencePath`; then ``pad_to`` pads the
+    block's hidden channels as a whole) instead of one path per kernel group.
     """
     if pad_to < 1:
         raise ValueError(f"pad_to {pad_to}: expected at least 1")
     model = copy.deepcopy(model).eval()
     for module in list(model.modules()):
         if isinstance(module, SearchBlock):
-            _deploy_block(module, pad_to)
+            _deploy_block(module, pad_to, merge_groups)
         elif isinstance(module, LightTransformer):
             _deploy_transformer(module)
         elif isinstance(module, ConvBNAct) and isinstance(module[1], nn.BatchNorm2d):
