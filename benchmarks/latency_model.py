@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "torch"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--nets", type=int, default=100, help="random sub-networks")
+    parser.add_argument("--rounds", type=int, default=3, help="passes of the protocol (each part keeps its fastest)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--table", help="read this table instead of building one")
     parser.add_argument("--save-table", help="write the table built here to this file")
@@ -61,8 +62,11 @@ def main() -> None:
 
     spec = resolve_spec(args.spec, key="--spec")
     size = tuple(args.input_size)
-    protocol = Protocol(runtime=args.runtime, threads=args.threads)
-    print(f"{args.spec} @{size[0]}x{size[1]}, {args.runtime}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
+    protocol = Protocol(runtime=args.runtime, threads=args.threads, rounds=args.rounds)
+    print(
+        f"{args.spec} @{size[0]}x{size[1]}, {args.runtime}, {args.threads} threads, {args.rounds} rounds, "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
     t0 = time.perf_counter()
     table = LatencyTable.load(args.table) if args.table else build_latency_table(spec, size, protocol)
     if args.save_table:

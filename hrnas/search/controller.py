@@ -354,7 +354,7 @@ class SearchController:
             "macs": after.macs if do_shrink else before.macs,
             "params": after.params if do_shrink else before.params,
             "saving_macs": before.macs - after.macs,
-            "target_macs": self.budget,
+            "target_macs": self.budget if cm.unit == "MACs" else None,  # "budget" holds it in any unit
             "input_size": list(self.input_size),
             "rho": self.current_rho(),
             "rho_t": rho_at(step, self.current_rho(), self.rho_free_steps, self.rho_warmup_steps),

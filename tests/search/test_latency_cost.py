@@ -207,6 +207,7 @@ def test_a_search_to_a_latency_target_lands_on_it(tiny_scenes, tmp_path):
     result = train(cfg, tmp_path / "run", show_progress=False)
     assert 0.95 * target <= cost.total(result.spec, (64, 64)) <= target
     assert result.search_log and all("cost" in entry for entry in result.search_log)
+    assert all(e["budget"] == target and e["target_macs"] is None and e["cost_unit"] == "ms" for e in result.search_log)
     latency = json.loads((tmp_path / "run" / "latency.json").read_text())
     assert latency["target_ms"] == target and latency["measured_ms"] > 0 and latency["macs"] > 0
     assert latency["predicted_ms"] == pytest.approx(cost.deployed_total(result.spec, (64, 64)))
