@@ -9,6 +9,7 @@ movement": reorders, transposes, resizes, concatenations, slices, copies).
 
     python benchmarks/deploy_profile.py                      # hrnas_imagenet_ref, demo supernet, MobileNetV2
     python benchmarks/deploy_profile.py --threads 1 --runs 100
+    python benchmarks/deploy_profile.py --merge-groups         # one depthwise convolution per block
 
 Run it on an otherwise idle machine (the shares are relative, the totals are not comparable with
 ``deploy_latency.py``: profiling adds its own cost per node).
@@ -76,13 +77,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--pad-to", type=int, default=8)
     parser.add_argument("--top", type=int, default=8, help="operator types listed per network")
+    parser.add_argument("--merge-groups", action="store_true", help="our networks in the merged deploy form")
     args = parser.parse_args()
     torch.manual_seed(0)
     nets = [
-        ("hrnas_imagenet_ref @224x224", deploy(build_model(get_spec("hrnas_imagenet_ref")), pad_to=args.pad_to),
+        ("hrnas_imagenet_ref @224x224",
+         deploy(build_model(get_spec("hrnas_imagenet_ref")), pad_to=args.pad_to, merge_groups=args.merge_groups),
          (224, 224)),
         ("hrnas_demo_supernet, no transformer @128x128",
-         deploy(build_model(get_spec("hrnas_demo_supernet", transformer=False)), pad_to=args.pad_to), (128, 128)),
+         deploy(build_model(get_spec("hrnas_demo_supernet", transformer=False)), pad_to=args.pad_to,
+                merge_groups=args.merge_groups), (128, 128)),
         ("torchvision MobileNetV2 @224x224", torchvision.models.mobilenet_v2(), (224, 224)),
     ]
     print(f"onnxruntime {ort.__version__}, {args.threads} intra-op threads, spinning off, batch 1, {args.runs} runs, "

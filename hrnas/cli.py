@@ -369,7 +369,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     output = _output_file(args.output, "-o")
     model, spec, _, task = _checkpoint_task(args, with_data=False)
     size = _input_size(spec, args.input_size) if args.input_size else None
-    report = task.export(model, spec, output, input_size=size)
+    report = task.export(model, spec, output, input_size=size, merge_groups=args.merge_groups)
     print(f"wrote {report.path}; onnxruntime vs PyTorch max abs diff {report.max_abs_diff:.3g}")
     if not args.no_latency:
         from hrnas.export.latency import Protocol, measure_onnx_file
@@ -563,6 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="default: the training crop")
     p.add_argument("--threads", type=int, default=0, help="threads of the latency measurement (default: all cores)")
     p.add_argument("--no-latency", action="store_true", help="skip measuring the exported model's latency")
+    p.add_argument(
+        "--merge-groups",
+        action="store_true",
+        help="export each search block as one depthwise convolution of its largest kernel instead of one per "
+        "kernel group (same outputs; faster for narrow searched networks, see benchmarks/deploy_latency.py)",
+    )
     p.set_defaults(func=cmd_export)
 
     for cls in task_classes():

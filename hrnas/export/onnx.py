@@ -324,6 +324,7 @@ def export_onnx(
     seed: int = 0,
     check_inputs: Sequence[Tensor] | None = None,
     pad_to: int = 8,
+    merge_groups: bool = False,
 ) -> ExportReport:
     """Export the deployed form of an image network to ONNX and check it in ONNX Runtime.
 
@@ -334,6 +335,9 @@ def export_onnx(
         pad_to: every kernel group of every search block is zero-padded to a multiple of this many
             channels (same outputs; ONNX Runtime runs convolutions of other widths in a much slower
             layout). 1 exports the widths as they are.
+        merge_groups: each search block as one expansion, one depthwise convolution of its largest
+            kernel and one projection (same outputs): fewer, larger operators, faster for narrow searched
+            networks at batch 1 (``benchmarks/deploy_latency.py``); latency tables model the per-group form.
         out_path: the ``.onnx`` file to write; parent folders are created. It is replaced atomically and
             only once the export (and the check, when enabled) succeeded.
         input_size: (H, W) of the input. The graph is exported for this size only (the resizes between
@@ -370,7 +374,7 @@ def export_onnx(
     height, width = (int(s) for s in input_size)
     channels = _default_in_channels(model) if in_channels is None else int(in_channels)
     out_path = Path(out_path)
-    deployed = deploy(model, pad_to=pad_to).to(device="cpu", dtype=torch.float32)
+    deployed = deploy(model, pad_to=pad_to, merge_groups=merge_groups).to(device="cpu", dtype=torch.float32)
 
     generator = torch.Generator().manual_seed(seed)
     batch = 2 if dynamic_batch else 1  # torch.export specialises a dimension of size 1

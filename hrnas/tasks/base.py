@@ -285,17 +285,26 @@ class Task:
             raise TaskError(f"predict: give the image files to run task {self.name!r} on")
         return list(inputs)
 
-    def export(self, model: nn.Module, spec: Any, output: Path, input_size: tuple[int, int] | None = None
-               ) -> CheckedExport:
+    def export(
+        self,
+        model: nn.Module,
+        spec: Any,
+        output: Path,
+        input_size: tuple[int, int] | None = None,
+        merge_groups: bool = False,
+    ) -> CheckedExport:
         """Export the deployed network to ONNX at ``output``, checked in ONNX Runtime (``hrnas export``).
 
         Default: the image network (:func:`hrnas.export.onnx.export_onnx`) for an ``input_size`` ``(H, W)``
-        input, the training crop ``data.crop_size`` when None.
+        input, the training crop ``data.crop_size`` when None. ``merge_groups``: each search block as one
+        depthwise convolution (:func:`hrnas.space.deploy.deploy`).
         """
         from hrnas.export.onnx import export_onnx
 
         size = tuple(input_size) if input_size else tuple(int(v) for v in self.cfg.data.crop_size)
-        return export_onnx(model, output, input_size=size, in_channels=spec.stem.in_channels)
+        return export_onnx(
+            model, output, input_size=size, in_channels=spec.stem.in_channels, merge_groups=merge_groups
+        )
 
     # --- command line ------------------------------------------------------------------------------
     @classmethod

@@ -65,6 +65,7 @@ def export_detector_onnx(
     rtol: float = 1e-5,
     dynamo: bool = True,
     seed: int = 0,
+    merge_groups: bool = False,
 ) -> DetectorExportReport:
     """Export the network part of ``detector`` (not modified) to ``out_path`` and check it.
 
@@ -78,7 +79,8 @@ def export_detector_onnx(
             ``out_path`` then.
     """
     # kernel groups padded to 8 channels: ONNX Runtime's blocked convolution layouts (hrnas.space.deploy)
-    module = PillarNetExport(deploy(detector, pad_to=8).to(device="cpu", dtype=torch.float32)).eval()
+    deployed = deploy(detector, pad_to=8, merge_groups=merge_groups)
+    module = PillarNetExport(deployed.to(device="cpu", dtype=torch.float32)).eval()
     nx, ny, _ = config.grid_size
     cells = nx * ny
     examples = [

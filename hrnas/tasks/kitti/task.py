@@ -478,7 +478,12 @@ class KittiTask(Task):
         return self.predict_split(model, split or self.cfg.data.val_split, Path(out_dir))
 
     def export(
-        self, model: nn.Module, spec: Any, output: Path, input_size: tuple[int, int] | None = None
+        self,
+        model: nn.Module,
+        spec: Any,
+        output: Path,
+        input_size: tuple[int, int] | None = None,
+        merge_groups: bool = False,
     ) -> DetectorExportReport:
         """``hrnas export``: the network part (pillar features → scatter → backbone → head), checked in ONNX
         Runtime (:func:`hrnas.tasks.kitti.export.export_detector_onnx`). Its input is pillars, whose grid
@@ -490,7 +495,7 @@ class KittiTask(Task):
                 f"export: --input-size {list(input_size)}: a KITTI detector reads its {self.grid[0]}×{self.grid[1]} "
                 "pillar grid (task.point_cloud_range / task.voxel_size); leave --input-size out"
             )
-        return export_detector_onnx(model, output, self.pillar_config)
+        return export_detector_onnx(model, output, self.pillar_config, merge_groups=merge_groups)
 
     @classmethod
     def cli_commands(cls) -> list[TaskCommand]:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
@@ -160,6 +161,16 @@ def test_cli_search_retrain_evaluate_predict_export(
     out = capsys.readouterr().out
     assert f"{image}: " in out and "searched architecture:" in out and "onnxruntime vs PyTorch" in out
     assert "ms per image at batch 1 in onnxruntime" in out and (tmp_path / "cls.optimized.onnx").is_file()
+
+    merged_path = tmp_path / "cls_merged.onnx"  # one depthwise convolution per block: the same outputs
+    assert main(["export", str(retrain / "final.pt"), "-o", str(merged_path), "--merge-groups", "--no-latency"]) == 0
+    merged = ort.InferenceSession(str(merged_path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    (a,) = session.run(None, {session.get_inputs()[0].name: x})
+    (b,) = merged.run(None, {merged.get_inputs()[0].name: x})
+    assert np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(a).max()))
+    dw_ops = [n for n in onnx.load(str(merged_path)).graph.node if n.op_type == "Conv"]
+    assert len(dw_ops) < len([n for n in onnx.load(str(onnx_path)).graph.node if n.op_type == "Conv"])
 
 
 def test_fashion_mnist_search_uses_official_test_split(fake_fashion: list[str], tmp_path: Path) -> None:
