@@ -434,7 +434,9 @@ def remap_optimizer(
         entry = {key: copy.deepcopy(value) for key, value in group.items() if key != "params"}
         entry["params"] = params
         groups.append(entry)
-    new_optimizer = type(old_optimizer)(groups)  # every hyper-parameter is set in the groups
+    # every hyper-parameter is set in the groups; the fused/foreach choice is also a constructor flag
+    flags = {k: True for k in ("fused", "foreach") if old_optimizer.defaults.get(k)}
+    new_optimizer = type(old_optimizer)(groups, **flags)
     new_optimizer.defaults = copy.deepcopy(old_optimizer.defaults)
     for old_p, new_p, new_name in moved:
         state = old_optimizer.state.get(old_p)
