@@ -87,3 +87,26 @@ def test_no_trainable_parameters():
     frozen = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable"):
         build_optimizer(frozen, OptimConfig())
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adamw"])
+def test_fast_optimizer_steps_match_the_per_tensor_loop(name):
+    """The fused (SGD, AdamW) or foreach (RMSprop) step the trainer uses gives the loop's parameters."""
+    torch.manual_seed(0)
+    fast_net = Net()
+    loop_net = Net()
+    loop_net.load_state_dict(fast_net.state_dict())
+    cfg = OptimConfig(name=name, lr=0.05, weight_decay=1e-2, eps=1e-3, momentum=0.8)
+    fast = build_optimizer(fast_net, cfg)
+    assert fast.defaults.get("fused") or fast.defaults.get("foreach")
+    loop = build_optimizer(loop_net, cfg)
+    for group in loop.param_groups:
+        group["fused"], group["foreach"] = None, False
+    x = torch.randn(4, 3, 8, 8)
+    for _ in range(3):
+        for net, opt in ((fast_net, fast), (loop_net, loop)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(fast_net.parameters(), loop_net.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
