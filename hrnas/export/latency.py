@@ -91,7 +91,7 @@ class Protocol:
         if self.blocking < 1:
             raise HrnasError(f"blocking {self.blocking}: expected at least 1")
         if self.rounds < 1:
-            raise HrnasError(f"rounds {self.rounds}: expected at least 1")
+            raise HrnasError(f"--rounds {self.rounds}: expected at least 1")
 
 
 def width_grid(max_width: int, blocking: int = 8) -> list[int]:
