@@ -17,11 +17,9 @@ Run it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 
 import onnxruntime as ort
@@ -29,6 +27,7 @@ import torch
 import torchvision
 from torch import nn
 
+from hrnas.export.latency import Protocol, onnx_bytes, session_options
 from hrnas.space.cost import cost
 from hrnas.space.deploy import deploy
 from hrnas.space.network import build_model
@@ -37,17 +36,8 @@ from hrnas.space.zoo import get_spec
 
 def _session(module: nn.Module, size: tuple[int, int], threads: int) -> Callable[[], object]:
     x = torch.randn(1, 3, *size)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (x,), buffer, dynamo=False, opset_version=17, input_names=["x"])
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    options = session_options(Protocol(threads=threads))  # spinning off
+    session = ort.InferenceSession(onnx_bytes(module.eval(), x), options, providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
     return lambda: session.run(None, feed)
 

@@ -18,11 +18,9 @@ Run it on an otherwise idle machine (the shares are relative, the totals are not
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import tempfile
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import torch
 import torchvision
 from torch import nn
 
+from hrnas.export.latency import Protocol, onnx_bytes, session_options
 from hrnas.space.deploy import deploy
 from hrnas.space.network import build_model
 from hrnas.space.zoo import get_spec
@@ -42,25 +41,17 @@ MOVEMENT = ("Reorder", "Transpose", "Resize", "Concat", "Slice", "Split", "Gathe
 def profile(module: nn.Module, size: tuple[int, int], threads: int, runs: int) -> tuple[float, dict[str, float]]:
     """Milliseconds per run summed over the profiled nodes, and milliseconds per run per operator type."""
     x = torch.randn(1, 3, *size)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (x,), buffer, dynamo=False, opset_version=17, input_names=["x"])
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    model = onnx_bytes(module.eval(), x)
+    options = session_options(Protocol(threads=threads))  # spinning off
     with tempfile.TemporaryDirectory() as folder:
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "profile")
-        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         feed = {"x": x.numpy()}
         for _ in range(10):
             session.run(None, feed)
         session.end_profiling()  # drop the warm-up runs
-        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         for _ in range(runs):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())

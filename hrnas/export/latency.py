@@ -58,9 +58,12 @@ __all__ = [
     "build_latency_table",
     "default_cache_dir",
     "measure_onnx_file",
+    "onnx_bytes",
     "pad_for",
     "query_grid",
     "random_subnet",
+    "runtime_versions",
+    "session_options",
     "time_module",
     "time_modules",
     "width_grid",
@@ -141,7 +144,21 @@ def _median_ms(run: Callable[[], object], protocol: Protocol) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _session_options(protocol: Protocol, optimized_path: str | Path | None = None):  # noqa: ANN202
+def onnx_bytes(module: nn.Module, example: Tensor) -> bytes:
+    """``module`` exported as the latency protocol times it: ``torch.onnx.export(..., dynamo=False,
+    opset_version=17)``, one input named ``x``, the exporter's warnings silenced."""
+    import warnings
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["x"])
+    return buffer.getvalue()
+
+
+def session_options(protocol: Protocol, optimized_path: str | Path | None = None):  # noqa: ANN201
+    """ONNX Runtime session options of ``protocol``: its intra-op threads (one inter-op thread), its
+    spinning, the full graph optimisation (saved to ``optimized_path`` when given), warnings off."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -170,19 +187,13 @@ def _runner_factory(module: nn.Module, example: Tensor, protocol: Protocol) -> C
                 torch.cuda.synchronize()
 
         return lambda: run
-    import warnings
-
     import onnxruntime as ort
 
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["x"])
-    model_bytes = buffer.getvalue()
+    model_bytes = onnx_bytes(module, example)
     feed = {"x": example.numpy()}
 
     def make() -> Callable[[], object]:
-        session = ort.InferenceSession(model_bytes, _session_options(protocol), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model_bytes, session_options(protocol), providers=["CPUExecutionProvider"])
         return lambda: session.run(None, feed)
 
     return make
@@ -216,6 +227,16 @@ def time_module(module: nn.Module, example: Tensor, protocol: Protocol) -> float
     return time_modules([(module, example)], protocol)[0]
 
 
+def runtime_versions(protocol: Protocol) -> dict[str, str]:
+    """The versions a measurement with ``protocol`` depends on: torch's, and ONNX Runtime's when it runs."""
+    versions = {"torch": torch.__version__}
+    if protocol.runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        versions["onnxruntime"] = ort.__version__
+    return versions
+
+
 def default_cache_dir() -> Path:
     """Where measurements are cached: ``$HRNAS_CACHE_DIR``, else ``$XDG_CACHE_HOME/hrnas``, else
     ``~/.cache/hrnas``."""
@@ -232,12 +253,7 @@ class MeasurementCache:
     (it is a cache: losing it costs only time)."""
 
     def __init__(self, protocol: Protocol, folder: str | os.PathLike[str] | None = None) -> None:
-        versions = {"torch": torch.__version__}
-        if protocol.runtime == "onnxruntime":
-            import onnxruntime as ort
-
-            versions["onnxruntime"] = ort.__version__
-        self.context = {"protocol": asdict(protocol), "versions": versions, "cpu": cpu_model()}
+        self.context = {"protocol": asdict(protocol), "versions": runtime_versions(protocol), "cpu": cpu_model()}
         digest = hashlib.sha256(json.dumps(self.context, sort_keys=True).encode()).hexdigest()[:16]
         self.path = Path(folder if folder is not None else default_cache_dir()) / "latency" / f"{digest}.json"
         self.entries: dict[str, float] = {}
@@ -303,7 +319,7 @@ def measure_onnx_file(path: str | Path, protocol: Protocol, optimized_path: str 
     import onnxruntime as ort
 
     session = ort.InferenceSession(
-        str(path), _session_options(protocol, optimized_path), providers=["CPUExecutionProvider"]
+        str(path), session_options(protocol, optimized_path), providers=["CPUExecutionProvider"]
     )
     feed = {}
     for i, arg in enumerate(session.get_inputs()):
@@ -425,11 +441,6 @@ def build_latency_table(
                          fixed={skeleton_key(spec): fixed_ms}, blocks=blocks)
     calibration = _calibrate(table, spec, input_size, protocol, calibration_nets, show_progress, cache)
 
-    versions = {"torch": torch.__version__}
-    if protocol.runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        versions["onnxruntime"] = ort.__version__
     meta = {
         "runtime": protocol.runtime,
         "threads": protocol.threads,
@@ -439,7 +450,7 @@ def build_latency_table(
         "pad_to": pad_for(protocol),
         "spec": spec_name or spec.name,
         "protocol": asdict(protocol),
-        "versions": versions,
+        "versions": runtime_versions(protocol),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "skeleton": skeleton_key(spec),
         "calibration": calibration,
