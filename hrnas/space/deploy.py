@@ -121,13 +121,19 @@ def _padded(conv: nn.Conv2d, channels: int, *, inputs: bool = False, depthwise: 
     return padded
 
 
+def _padding_for(block: SearchBlock, pad_to: int) -> int:
+    """``pad_to``, or 1 when the block's activation does not map 0 to 0 (padded channels would not stay 0)."""
+    if pad_to > 1 and float(block.act1(torch.zeros(1)).abs()) != 0.0:
+        return 1
+    return pad_to
+
+
 @torch.no_grad()
 def _grouped_path(block: SearchBlock, pad_to: int = 1) -> GroupedInferencePath:
     """The block's path with every BN folded: group g gets rows g of the expansion, its depthwise conv
     and columns g of the projection. With ``pad_to`` > 1 each group's channels are zero-padded up to a
     multiple of it (when the activation maps 0 to 0, so the padding stays exactly 0)."""
-    if pad_to > 1 and float(block.act1(torch.zeros(1)).abs()) != 0.0:
-        pad_to = 1
+    pad_to = _padding_for(block, pad_to)
     expands, depthwise, projects = [], [], []
     project = fold_bn(block.project, block.project_bn)
     start = 0
@@ -170,8 +176,7 @@ def _merged_path(block: SearchBlock, pad_to: int = 1) -> MergedInferencePath:
     """The block's path with every BN folded and the kernel groups merged (see
     :class:`MergedInferencePath`); the hidden channels are zero-padded to a multiple of ``pad_to`` when
     the activation maps 0 to 0."""
-    if pad_to > 1 and float(block.act1(torch.zeros(1)).abs()) != 0.0:
-        pad_to = 1
+    pad_to = _padding_for(block, pad_to)
     convs = list(block.depthwise.convs)
     size = max(conv.kernel_size[0] for conv in convs)
     total = sum(conv.out_channels for conv in convs)
