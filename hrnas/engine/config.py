@@ -119,6 +119,10 @@ class DataConfig:
             ``batch_size // world_size``); ``optim.lr`` and the EMA decay refer to it.
         eval_batch_size: global evaluation batch (split the same way).
         workers: data-loading worker processes per training process.
+        cache_mb: decoded samples each dataset keeps in memory, in MiB (0 = decode every sample on
+            every read). It fills in the order samples are first read and then stops growing; with
+            ``workers`` 0 it lasts the whole run, with worker processes each keeps its own for an epoch.
+            Used by the segmentation readers, where decoding is a large share of a CPU step.
     """
 
     format: str = "demo"
@@ -131,6 +135,7 @@ class DataConfig:
     batch_size: int = option(16, minimum=1)
     eval_batch_size: int = option(16, minimum=1)
     workers: int = option(4, minimum=0)
+    cache_mb: int = option(1024, minimum=0)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,9 @@ class SeededSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_sample_seed(self.seed, epoch, index))
+            # the CPU generator only: torch.manual_seed would also queue a seeding call, with a formatted
+            # stack trace, for every uninitialised accelerator backend, on every sample
+            torch.default_generator.manual_seed(_sample_seed(self.seed, epoch, index))
             return self.dataset[index]
 
 

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from hrnas.data.cache import SampleCache
 from hrnas.data.errors import DatasetError
 from hrnas.data.images import load_image, one_line, read_image
 from hrnas.utils.errors import parse_json_text
@@ -129,6 +130,12 @@ class SegmentationDataset(Dataset):
         self.samples = list(samples)
         self.classes = list(classes)
         self.transforms = transforms
+        self.cache: SampleCache | None = None
+
+    def keep_decoded(self, budget_bytes: int) -> None:
+        """Keep decoded samples in memory up to ``budget_bytes`` (0: decode on every read); see
+        :mod:`hrnas.data.cache`. Masks are kept as uint8 where their labels fit."""
+        self.cache = SampleCache(budget_bytes) if budget_bytes > 0 else None
 
     @property
     def num_classes(self) -> int:
@@ -143,6 +150,19 @@ class SegmentationDataset(Dataset):
 
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """Sample ``index`` before transforms: RGB uint8 ``(3, H, W)`` and int64 train ids ``(H, W)``."""
+        if self.cache is None:
+            return self._decode(index)
+        image, labels = self.cache.get(index, lambda: self._compact(*self._decode(index)))
+        return image, tv_tensors.Mask(labels.long())
+
+    @staticmethod
+    def _compact(image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[tv_tensors.Image, torch.Tensor]:
+        labels = mask.as_subclass(torch.Tensor)
+        if labels.numel() and labels.min() >= 0 and labels.max() <= 255:
+            labels = labels.to(torch.uint8)
+        return image, labels
+
+    def _decode(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image_path, mask_path = self.samples[index]
         image = read_image(image_path)
         labels = self.decode_mask(read_mask(mask_path), mask_path).astype(np.int64)

@@ -73,6 +73,10 @@ class SegmentationTask(Task):
     def _dataset(self, split: str, transforms: Any) -> SegmentationDataset:
         return build_segmentation_dataset(self.data_format, self.root, split, transforms=transforms)
 
+    def _cached(self, dataset: SegmentationDataset) -> SegmentationDataset:
+        dataset.keep_decoded(self.cfg.data.cache_mb * 2**20)
+        return dataset
+
     def train_dataset(self) -> Dataset:
         d = self.cfg.data
         transform = SegTrainTransform(
@@ -81,10 +85,10 @@ class SegmentationTask(Task):
             base_size=d.base_size,
             ignore_index=self.cfg.task.ignore_index,
         )
-        return self._dataset(d.train_split, transform)
+        return self._cached(self._dataset(d.train_split, transform))
 
     def val_dataset(self) -> Dataset:
-        return self._dataset(self.cfg.data.val_split, SegEvalTransform())
+        return self._cached(self._dataset(self.cfg.data.val_split, SegEvalTransform()))
 
     @cached_property
     def _num_classes_from_data(self) -> int:

@@ -126,8 +126,11 @@ class SegRandomCrop(v2.Transform):
         box = self._draw(height, width)
         mask = next((inpt for inpt in flat_inputs if isinstance(inpt, tv_tensors.Mask)), None)
         if mask is not None and self.cat_max_ratio < 1.0:
+            checked: dict[tuple[int, int, int, int], bool] = {}  # an image no larger than the crop has one box
             for _ in range(10):
-                if self._balanced(mask, box):
+                if box not in checked:
+                    checked[box] = self._balanced(mask, box)
+                if checked[box]:
                     break
                 box = self._draw(height, width)
         return dict(zip(("top", "left", "height", "width"), box, strict=True))

@@ -237,3 +237,38 @@ def test_transforms_and_batching(tmp_path: Path) -> None:
     assert images.shape == (3, 3, 16, 16) and images.dtype == torch.float32
     assert masks.shape == (3, 16, 16) and masks.dtype == torch.int64
     assert set(masks.unique().tolist()) <= {0, 255}
+
+
+def test_kept_decoded_samples_give_the_same_batches(tmp_path: Path) -> None:
+    """A dataset that keeps its decoded samples yields, under the same seeds, the batches of one that
+    decodes every time, over several epochs (so the augmentations never alter what it keeps)."""
+    cityscapes_tree(tmp_path)
+    transform = SegTrainTransform((8, 8), scale_range=(0.5, 1.5), cat_max_ratio=1.0)
+    plain = build_segmentation_dataset("cityscapes", tmp_path, "train", transforms=transform)
+    kept = build_segmentation_dataset("cityscapes", tmp_path, "train", transforms=transform)
+    kept.keep_decoded(2**20)
+    for epoch in range(4):
+        for index in range(len(plain)):
+            torch.manual_seed(epoch * 10 + index)
+            want = plain[index]
+            torch.manual_seed(epoch * 10 + index)
+            got = kept[index]
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+            assert got[1].dtype == torch.int64
+    assert kept.cache is not None and len(kept.cache) == 3
+    assert kept.cache.misses == 3 and kept.cache.hits == 9
+
+
+def test_kept_decoded_samples_stop_at_the_budget(tmp_path: Path) -> None:
+    cityscapes_tree(tmp_path)  # 8x12 RGB images (288 bytes) and uint8 masks (96 bytes)
+    dataset = build_segmentation_dataset("cityscapes", tmp_path, "train")
+    dataset.keep_decoded(2 * (288 + 96))
+    for _ in range(2):
+        for index in range(3):
+            image, mask = dataset[index]
+            assert image.shape == (3, 8, 12) and mask.dtype == torch.int64
+    assert dataset.cache is not None
+    assert len(dataset.cache) == 2 and dataset.cache.used_bytes == 2 * (288 + 96) and dataset.cache.full
+    assert dataset.cache.misses == 4  # the third sample is decoded on both reads
+    dataset.keep_decoded(0)
+    assert dataset.cache is None
