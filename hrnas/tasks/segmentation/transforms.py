@@ -177,24 +177,13 @@ def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rgb_to_hsv`."""
+    """Inverse of :func:`rgb_to_hsv`: channel ``c`` is ``V · (1 − S · clamp(min(k, 4 − k), 0, 1))`` with
+    ``k = (n_c + 6·H) mod 6`` and ``n = 5, 3, 1`` for red, green, blue (the sector table in closed form)."""
     hue, saturation, value = hsv.unbind(-3)
-    sector = torch.floor(hue * 6.0)
-    fraction = hue * 6.0 - sector
-    sector = torch.remainder(sector, 6).long()
-    p = value * (1.0 - saturation)
-    q = value * (1.0 - saturation * fraction)
-    t = value * (1.0 - saturation * (1.0 - fraction))
-    # Rows: red, green, blue for sectors 0..5.
-    table = torch.stack(
-        (
-            torch.stack((value, q, p, p, t, value)),
-            torch.stack((t, value, value, q, p, p)),
-            torch.stack((p, p, t, value, value, q)),
-        )
-    )
-    index = sector.unsqueeze(0).unsqueeze(0).expand(3, 1, *sector.shape)
-    return torch.gather(table, 1, index).squeeze(1).movedim(0, -3)
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(3, 1, 1)
+    k = torch.remainder(n + hue.unsqueeze(-3) * 6.0, 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return value.unsqueeze(-3) * (1.0 - saturation.unsqueeze(-3) * ramp)
 
 
 class PhotoMetricDistortion(v2.Transform):
