@@ -28,7 +28,7 @@ from hrnas.space.cost_model import MAC_COST, CostModel
 from hrnas.space.spec import BlockSpec, NetSpec
 from hrnas.utils.errors import HrnasError
 
-__all__ = ["BudgetError", "RhoController", "check_budget", "min_reachable_cost", "prune_to_budget"]
+__all__ = ["BudgetError", "RhoController", "check_budget", "fit_to_blocking", "min_reachable_cost", "prune_to_budget"]
 
 
 class BudgetError(HrnasError, ValueError):
@@ -409,3 +409,88 @@ class RhoController:
             if key not in known:
                 raise KeyError(f"unknown RhoController state key {key!r}")
             setattr(self, key, value)
+
+
+def fit_to_blocking(
+    model: nn.Module,
+    spec: NetSpec,
+    keep: Keep,
+    budget: float,
+    input_size: HW,
+    cost_model: CostModel,
+    restorable: Keep | None = None,
+) -> Keep:
+    """Round the kernel groups of a final keep decision to the runtime's channel blocking.
+
+    A deployed kernel group of ``c`` channels runs as one of ``ceil(c / b) · b`` (``b =
+    cost_model.blocking``), so widths off the blocking are paid as the next multiple. Two passes:
+
+    1. while :meth:`~hrnas.space.cost_model.CostModel.deployed_total` exceeds ``budget``, round down the
+       group whose rounding (to the multiple of ``b`` below its width; a whole block of ``b`` for a width
+       already on the blocking) gives up the least importance, ``Σ|γ|`` of the channels it removes (least
+       important first), per unit of deployed cost it saves;
+    2. every group off the blocking takes back, most important first, channels of ``restorable`` (units
+       alive in the network that the budget cut) up to its padded width: they run anyway, as padding.
+
+    ``model`` ranks the channels by the |γ| of its ``dw_bn`` (as :func:`prune_to_budget`). Returns a new
+    keep decision (``keep`` is not modified); with ``blocking`` 1 a copy of ``keep``. The result's deployed
+    total is at most ``budget`` whenever that is reachable by removing channels; its :meth:`total` may
+    exceed the budget by the padding it fills.
+    """
+    input_size = (int(input_size[0]), int(input_size[1]))
+    masks = {
+        p: BlockKeep(k.channels.clone(), None if k.queries is None else k.queries.clone()) for p, k in keep.items()
+    }
+    step = int(cost_model.blocking)
+    if step <= 1:
+        return masks
+    units = collect_units(spec, input_size, cost_model)
+    factors = read_factors(model, spec)
+    gammas = {path: factors[path].channels.double().cpu() for path in units}
+
+    def deployed() -> float:
+        return cost_model.deployed_total(kept_spec(spec, masks), input_size)
+
+    current = deployed()
+    while current > budget:
+        best: tuple[float, int, str, list[int]] | None = None
+        order = 0
+        for path, u in units.items():
+            for g in u.groups:
+                kept = [i for i in range(g.start, g.stop) if bool(masks[path].channels[i])]
+                if not kept:
+                    continue
+                target = (len(kept) - 1) // step * step
+                kept.sort(key=lambda i: (float(gammas[path][i]), i))
+                drop = kept[: len(kept) - target]
+                for i in drop:
+                    masks[path].channels[i] = False
+                saving = current - deployed()
+                for i in drop:
+                    masks[path].channels[i] = True
+                if saving > 0:
+                    score = float(sum(gammas[path][i] for i in drop)) / saving
+                    if best is None or (score, order) < (best[0], best[1]):
+                        best = (score, order, path, drop)
+                order += 1
+        if best is None:
+            break  # nothing left to round: the budget is below what channels can reach
+        for i in best[3]:
+            masks[best[2]].channels[i] = False
+        current = deployed()
+    if restorable is not None:
+        for path, u in units.items():
+            for g in u.groups:
+                width = int(masks[path].channels[g.start : g.stop].sum())
+                room = -(-width // step) * step - width
+                if width == 0 or room == 0:
+                    continue
+                back = [
+                    i
+                    for i in range(g.start, g.stop)
+                    if not bool(masks[path].channels[i]) and bool(restorable[path].channels[i])
+                ]
+                back.sort(key=lambda i: (-float(gammas[path][i]), i))
+                for i in back[:room]:
+                    masks[path].channels[i] = True
+    return masks

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from hrnas.search.budget import BudgetError, RhoController, min_reachable_cost, prune_to_budget
+from hrnas.search.budget import BudgetError, RhoController, fit_to_blocking, min_reachable_cost, prune_to_budget
 from hrnas.search.penalty import ResourcePenalty
 from hrnas.search.schedule import rho_at
 from hrnas.search.shrink import (
@@ -254,7 +254,8 @@ class SearchController:
 
         - never fewer than the budget needs: when more died, the most important units by |γ| per cost
           up to the budget (near-dead ones included);
-        - at the ``final`` shrink, pruned down to the budget;
+        - at the ``final`` shrink, pruned down to the budget and, for a cost model with a channel blocking
+          (a latency table), fitted to it as deployed (:func:`~hrnas.search.budget.fit_to_blocking`);
         - otherwise, when ``step`` is given and the alive units cost more than
           ``(1 + path_tolerance)·path_cost(step)``, pruned down to the path's cost (the least
           important alive units go, as :func:`~hrnas.search.budget.prune_to_budget` ranks them).
@@ -285,6 +286,9 @@ class SearchController:
                 if remaining > (1.0 + self.path_tolerance) * path:
                     # the penalty is behind the path: cut the least important alive units down to it
                     keep = prune_to_budget(ranking, self.spec, path, self.input_size, alive, cost_model=cm)
+            if final:
+                # priced as deployed: groups rounded to the runtime's blocking, padding filled with alive units
+                keep = fit_to_blocking(ranking, self.spec, keep, self.budget, self.input_size, cm, restorable=alive)
         return keep, alive
 
     def predicted_cost(self, model: nn.Module) -> float:

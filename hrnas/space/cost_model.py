@@ -70,9 +70,17 @@ class CostModel(ABC):
     def total(self, spec: NetSpec | PointPillarsSpec, input_size: HW) -> float:
         """Cost of the whole network built from ``spec`` on one ``input_size`` (H, W) input."""
 
+    blocking: int = 1
+    """Channels per block of the runtime's layout: a deployed kernel group of ``c`` channels runs as one
+    of ``ceil(c / blocking) · blocking`` (1: every width runs as it is)."""
+
     def fixed(self, spec: NetSpec, input_size: HW) -> float:
         """The part of :meth:`total` that no removal of channels or queries can reach."""
         return self.total(without_units(spec), input_size)
+
+    def deployed_total(self, spec: NetSpec, input_size: HW) -> float:
+        """:meth:`total` of ``spec`` as deployed, every kernel group padded to :attr:`blocking`."""
+        return self.total(spec, input_size)
 
     def format(self, value: float) -> str:
         """``value`` in a short human form, without the unit (e.g. ``259.2M``)."""

@@ -260,6 +260,7 @@ class LatencyCost(CostModel):
         self.scale = float(calibration.get("scale", 1.0))
         self.per_group_ms = float(calibration.get("per_group_ms", 0.0))
         self.offset_ms = float(calibration.get("offset_ms", 0.0))
+        self.blocking = max(1, int(table.meta.get("pad_to", 1)))
 
     def _part(self, points: list[tuple[float, float]], width: float) -> float:
         """A kernel group's (or transformer's) latency at ``width`` in the network: the calibrated curve
@@ -318,7 +319,7 @@ class LatencyCost(CostModel):
         """The latency of ``spec`` as deployed for the table's runtime: with every kernel group padded
         to the table's ``pad_to`` (``deploy(model, pad_to)``), a group of ``c`` channels runs as one of
         ``ceil(c / pad_to) · pad_to``. Equal to :meth:`total` on widths that are multiples of it."""
-        return self._total(spec, input_size, pad_to=int(self.table.meta.get("pad_to", 1)))
+        return self._total(spec, input_size, pad_to=self.blocking)
 
     def _total(self, spec: NetSpec | PointPillarsSpec, input_size: HW, pad_to: int) -> float:
         if not isinstance(spec, NetSpec):

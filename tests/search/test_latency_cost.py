@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hrnas.search.budget import prune_to_budget
+from hrnas.search.budget import fit_to_blocking, prune_to_budget
 from hrnas.search.penalty import ResourcePenalty
 from hrnas.search.shrink import kept_spec
 from hrnas.space.cost import iter_blocks
@@ -24,6 +24,7 @@ from hrnas.space.latency import (
     monotone,
     skeleton_key,
 )
+from hrnas.space.network import build_model
 from hrnas.space.spec import NetSpec
 
 SIZE = (32, 32)
@@ -113,6 +114,40 @@ def test_a_millisecond_budget_lands_in_its_window(fraction, make_net):
     budget = floor + fraction * (total - floor)
     keep = prune_to_budget(model, spec, budget, SIZE, cost_model=cost)
     assert 0.97 * budget <= cost.total(kept_spec(spec, keep), SIZE) <= budget
+
+
+@pytest.mark.parametrize("fraction", [0.7, 0.4])
+def test_the_final_prune_fits_the_deployed_network_to_the_budget(fraction, make_net):
+    """Rounded to the blocking, the deployed network (every group padded to 8) fits the budget, and the
+    padding of each group off the blocking is filled with alive units the budget cut."""
+    with_transformers, _ = make_net("test_cls_all")
+    spec = with_transformers.replace_blocks({p: replace(b, num_queries=0) for p, b in with_transformers.blocks()})
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    gen = torch.Generator().manual_seed(1)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.weight.data = torch.rand(bn.weight.shape, generator=gen)  # distinct importances
+    cost = LatencyCost(synthetic_table(spec, pad_to=8))
+    total, floor = cost.total(spec, SIZE), cost.fixed(spec, SIZE)
+    budget = floor + fraction * (total - floor)
+    keep = prune_to_budget(model, spec, budget, SIZE, cost_model=cost)
+    assert cost.deployed_total(kept_spec(spec, keep), SIZE) > budget  # the padding the prune did not price
+    alive = {p: replace(k, channels=torch.ones_like(k.channels)) for p, k in keep.items()}
+    fitted = fit_to_blocking(model, spec, keep, budget, SIZE, cost, restorable=alive)
+    deployed = cost.deployed_total(kept_spec(spec, fitted), SIZE)
+    assert 0.85 * budget <= deployed <= budget
+    supernet = dict(spec.blocks())
+    for path, block in kept_spec(spec, fitted).blocks():
+        full = dict(zip(supernet[path].kernel_sizes, supernet[path].hidden, strict=True))
+        for k, width in zip(block.kernel_sizes, block.hidden, strict=True):
+            assert width % 8 == 0 or width == full[k]  # filled, unless the group has no more channels
+    without_restore = fit_to_blocking(model, spec, keep, budget, SIZE, cost)
+    assert cost.deployed_total(kept_spec(spec, without_restore), SIZE) == pytest.approx(deployed)
+    assert all(int(k.channels.sum()) <= int(fitted[p].channels.sum()) for p, k in without_restore.items())
+    filled = sum(int(k.channels.sum()) for k in fitted.values())
+    assert sum(int(k.channels.sum()) for k in without_restore.values()) < filled
+    unchanged = fit_to_blocking(model, spec, keep, budget, SIZE, LatencyCost(synthetic_table(spec, pad_to=1)))
+    assert all(torch.equal(unchanged[p].channels, k.channels) for p, k in keep.items())
 
 
 def test_a_table_for_another_machine_is_named_in_one_line(make_net):
