@@ -25,8 +25,24 @@ from hrnas.tasks.segmentation.inference import infer_multiscale
 from hrnas.tasks.segmentation.metrics import ConfusionMatrix
 from hrnas.tasks.segmentation.options import SegmentationOptions
 from hrnas.tasks.segmentation.transforms import SegEvalTransform, SegTrainTransform
+from hrnas.utils.progress import progress as bar
 
 DEFAULT_DEMO_ROOT = "data/demo"
+
+
+def balance_weights(frequency: Tensor, method: str) -> Tensor:
+    """Class weights from pixel frequencies ``p`` (summing to 1): ``median_frequency`` = ``median(p) / p``
+    over the classes present (absent classes get 1), ``enet`` = ``1 / ln(1.02 + p)``. float32."""
+    p = frequency.double()
+    if method == "median_frequency":
+        present = p > 0
+        median = p[present].median()
+        weight = torch.where(present, median / p.clamp_min(1e-12), torch.ones_like(p))
+    elif method == "enet":
+        weight = 1.0 / torch.log(1.02 + p)
+    else:
+        raise ValueError(f"class balance {method!r}: expected median_frequency or enet")
+    return weight.float()
 DEMO_GENERATOR = "demo_scenes"
 """The data generator (:mod:`hrnas.data.generators`) that writes the ``demo`` format."""
 
@@ -106,7 +122,44 @@ class SegmentationTask(Task):
     def loss(self, output: Tensor, batch: Any) -> Tensor:
         target = batch[1]
         logits = F.interpolate(output.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(logits, target, ignore_index=self.cfg.task.ignore_index)
+        weight = self.class_weights
+        if weight is not None:
+            weight = weight.to(logits.device)
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=self.cfg.task.ignore_index)
+
+    @cached_property
+    def class_weights(self) -> Tensor | None:
+        """The loss weight of each class (``task.class_weight``, or ``task.class_balance`` computed from the
+        training labels), None for equal weights.
+
+        Raises:
+            TaskError: ``task.class_weight`` does not have one weight per class.
+        """
+        t = self.cfg.task
+        n = self.num_outputs()
+        if t.class_weight is not None:
+            if len(t.class_weight) != n:
+                raise TaskError(f"task.class_weight: {len(t.class_weight)} weights for {n} classes")
+            return torch.tensor(t.class_weight, dtype=torch.float32)
+        if t.class_balance == "none":
+            return None
+        frequency = self.label_frequencies()
+        return balance_weights(frequency, t.class_balance)
+
+    def label_frequencies(self) -> Tensor:
+        """Share of the labelled training pixels of each class, (num_classes,) float64 (reads every mask
+        once)."""
+        dataset = self._dataset(self.cfg.data.train_split, None)
+        n = self.num_outputs()
+        counts = torch.zeros(n, dtype=torch.float64)
+        for index in bar(range(len(dataset)), desc="class frequencies", enabled=len(dataset) > 200, leave=False):
+            labels = dataset.load(index)[1].as_subclass(Tensor).flatten()
+            labels = labels[(labels >= 0) & (labels < n)]
+            counts += torch.bincount(labels, minlength=n).double()
+        total = counts.sum()
+        if total == 0:
+            raise TaskError(f"task.class_balance: the training labels under {self.root} hold no labelled pixel")
+        return counts / total
 
     def predict_logits(self, model: nn.Module, images: Tensor) -> Tensor:
         """Class probabilities (B, C, H, W) at input size, with the configured inference mode."""
