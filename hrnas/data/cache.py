@@ -3,13 +3,12 @@
 Decoding is a fixed cost of every training step that does not shrink with the network: on the demo
 scenes reading and decoding one 128×128 PNG pair and checking its labels takes about 2 ms, 35 ms of a
 16-image batch, as much as the rest of the augmentation. :class:`SampleCache` keeps what a dataset's
-loader returns, up to a byte budget, in the order samples are first read; once the budget is spent it
-stops growing (training reads samples in random order, so evicting would only trade one miss for
-another).
+loader returns, up to a byte budget, in the order samples are first read; a sample that no longer fits is
+decoded on every read (training reads samples in random order, so evicting would only trade one miss
+for another).
 
-The cache lives in the process that reads the samples: with ``data.workers = 0`` (the CPU default)
-that is the training process, for the whole run; with worker processes each worker fills its own copy,
-which ends with the worker at the end of the epoch.
+The cache lives in the process that reads the samples, so it serves ``data.workers = 0`` (the CPU
+default): worker processes end with their epoch, in which they read each sample once.
 """
 
 from __future__ import annotations

@@ -119,10 +119,10 @@ class DataConfig:
             ``batch_size // world_size``); ``optim.lr`` and the EMA decay refer to it.
         eval_batch_size: global evaluation batch (split the same way).
         workers: data-loading worker processes per training process.
-        cache_mb: decoded samples each dataset keeps in memory, in MiB (0 = decode every sample on
-            every read). It fills in the order samples are first read and then stops growing; with
-            ``workers`` 0 it lasts the whole run, with worker processes each keeps its own for an epoch.
-            Used by the segmentation readers, where decoding is a large share of a CPU step.
+        cache_mb: decoded training samples kept in memory, in MiB (0 = decode every sample on every
+            read). It fills in the order samples are first read and then admits only what still fits.
+            Used with ``workers`` 0 (worker processes live for one epoch and read each sample once) by
+            the segmentation readers, where decoding is a large share of a CPU step.
     """
 
     format: str = "demo"

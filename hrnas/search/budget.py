@@ -432,53 +432,66 @@ def fit_to_blocking(
     2. every group off the blocking takes back, most important first, channels of ``restorable`` (units
        alive in the network that the budget cut) up to its padded width: they run anyway, as padding.
 
-    ``model`` ranks the channels by the |γ| of its ``dw_bn`` (as :func:`prune_to_budget`). Returns a new
-    keep decision (``keep`` is not modified); with ``blocking`` 1 a copy of ``keep``. The result's deployed
-    total is at most ``budget`` whenever that is reachable by removing channels; its :meth:`total` may
-    exceed the budget by the padding it fills.
+    The deployed cost is taken to be a sum over blocks (as :class:`~hrnas.space.latency.LatencyCost`'s
+    is), so a group's saving is re-priced only when its own block changes. ``model`` ranks the channels
+    by the |γ| of its ``dw_bn`` (as :func:`prune_to_budget`). Returns a new keep decision (``keep`` is not
+    modified); with ``blocking`` 1 a copy of ``keep``. A ``RuntimeWarning`` says when no rounding can bring
+    the deployed network under ``budget``.
     """
     input_size = (int(input_size[0]), int(input_size[1]))
     masks = {
-        p: BlockKeep(k.channels.clone(), None if k.queries is None else k.queries.clone()) for p, k in keep.items()
+        p: BlockKeep(k.channels.clone(), None if k.queries is None else k.queries.clone())
+        for p, k in complete_keep(spec, keep).items()
     }
     step = int(cost_model.blocking)
     if step <= 1:
         return masks
+    back_ok = None if restorable is None else complete_keep(spec, restorable)
     units = collect_units(spec, input_size, cost_model)
     factors = read_factors(model, spec)
-    gammas = {path: factors[path].channels.double().cpu() for path in units}
+    gammas = {path: factors[path].channels.double().cpu().tolist() for path in units}
 
     def deployed() -> float:
         return cost_model.deployed_total(kept_spec(spec, masks), input_size)
 
+    def rounding(path: str, start: int, stop: int, current: float) -> tuple[float, list[int]] | None:
+        """(importance given up per cost saved, the channels dropped) of rounding one group down."""
+        alive = masks[path].channels[start:stop].tolist()
+        kept = [start + i for i, a in enumerate(alive) if a]
+        if not kept:
+            return None
+        kept.sort(key=lambda i: (gammas[path][i], i))
+        drop = kept[: len(kept) - (len(kept) - 1) // step * step]
+        masks[path].channels[drop] = False
+        saving = current - deployed()
+        masks[path].channels[drop] = True
+        if saving <= 0:
+            return None
+        return sum(gammas[path][i] for i in drop) / saving, drop
+
     current = deployed()
+    options: dict[tuple[str, int], tuple[float, list[int]] | None] = {}
     while current > budget:
         best: tuple[float, int, str, list[int]] | None = None
-        order = 0
-        for path, u in units.items():
-            for g in u.groups:
-                kept = [i for i in range(g.start, g.stop) if bool(masks[path].channels[i])]
-                if not kept:
-                    continue
-                target = (len(kept) - 1) // step * step
-                kept.sort(key=lambda i: (float(gammas[path][i]), i))
-                drop = kept[: len(kept) - target]
-                for i in drop:
-                    masks[path].channels[i] = False
-                saving = current - deployed()
-                for i in drop:
-                    masks[path].channels[i] = True
-                if saving > 0:
-                    score = float(sum(gammas[path][i] for i in drop)) / saving
-                    if best is None or (score, order) < (best[0], best[1]):
-                        best = (score, order, path, drop)
-                order += 1
+        for order, (path, g) in enumerate((p, g) for p, u in units.items() for g in u.groups):
+            if (path, g.index) not in options:
+                options[(path, g.index)] = rounding(path, g.start, g.stop, current)
+            option = options[(path, g.index)]
+            if option is not None and (best is None or (option[0], order) < (best[0], best[1])):
+                best = (option[0], order, path, option[1])
         if best is None:
-            break  # nothing left to round: the budget is below what channels can reach
-        for i in best[3]:
-            masks[best[2]].channels[i] = False
+            warnings.warn(
+                f"fit_to_blocking: the deployed network costs {current} {cost_model.unit}, above the budget "
+                f"{budget}, and no kernel group is left to round down",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            break
+        masks[best[2]].channels[best[3]] = False
         current = deployed()
-    if restorable is not None:
+        for g in units[best[2]].groups:  # only this block's savings changed
+            options.pop((best[2], g.index), None)
+    if back_ok is not None:
         for path, u in units.items():
             for g in u.groups:
                 width = int(masks[path].channels[g.start : g.stop].sum())
@@ -488,9 +501,8 @@ def fit_to_blocking(
                 back = [
                     i
                     for i in range(g.start, g.stop)
-                    if not bool(masks[path].channels[i]) and bool(restorable[path].channels[i])
+                    if not bool(masks[path].channels[i]) and bool(back_ok[path].channels[i])
                 ]
-                back.sort(key=lambda i: (-float(gammas[path][i]), i))
-                for i in back[:room]:
-                    masks[path].channels[i] = True
+                back.sort(key=lambda i: (-gammas[path][i], i))
+                masks[path].channels[back[:room]] = True
     return masks

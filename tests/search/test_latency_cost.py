@@ -148,6 +148,9 @@ def test_the_final_prune_fits_the_deployed_network_to_the_budget(fraction, make_
     assert sum(int(k.channels.sum()) for k in without_restore.values()) < filled
     unchanged = fit_to_blocking(model, spec, keep, budget, SIZE, LatencyCost(synthetic_table(spec, pad_to=1)))
     assert all(torch.equal(unchanged[p].channels, k.channels) for p, k in keep.items())
+    with pytest.warns(RuntimeWarning, match="no kernel group is left to round down"):
+        empty = fit_to_blocking(model, spec, keep, 0.5 * floor, SIZE, cost)
+    assert all(not k.channels.any() for k in empty.values())
 
 
 def test_a_table_for_another_machine_is_named_in_one_line(make_net):

@@ -162,6 +162,11 @@ class SegmentationDataset(Dataset):
             labels = labels.to(torch.uint8)
         return image, labels
 
+    def load_labels(self, index: int) -> np.ndarray:
+        """The train ids ``(H, W)`` of sample ``index`` (its mask only; the image is not read)."""
+        _, mask_path = self.samples[index]
+        return self.decode_mask(read_mask(mask_path), mask_path)
+
     def _decode(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image_path, mask_path = self.samples[index]
         image = read_image(image_path)

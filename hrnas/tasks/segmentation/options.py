@@ -43,5 +43,7 @@ class SegmentationOptions(TaskOptions):
             raise fail("task.eval_crop", "is required when task.eval_mode is 'slide'")
         if not self.eval_scales:
             raise fail("task.eval_scales", "must list at least one scale")
+        if self.class_weight is not None and not sum(self.class_weight) > 0:
+            raise fail("task.class_weight", "must have a weight above 0")
         if self.class_weight is not None and self.num_classes and len(self.class_weight) != self.num_classes:
             raise fail("task.class_weight", f"has {len(self.class_weight)} weights for {self.num_classes} classes")

@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,7 +37,7 @@ def balance_weights(frequency: Tensor, method: str) -> Tensor:
     p = frequency.double()
     if method == "median_frequency":
         present = p > 0
-        median = p[present].median()
+        median = torch.quantile(p[present], 0.5)
         weight = torch.where(present, median / p.clamp_min(1e-12), torch.ones_like(p))
     elif method == "enet":
         weight = 1.0 / torch.log(1.02 + p)
@@ -90,7 +91,10 @@ class SegmentationTask(Task):
         return build_segmentation_dataset(self.data_format, self.root, split, transforms=transforms)
 
     def _cached(self, dataset: SegmentationDataset) -> SegmentationDataset:
-        dataset.keep_decoded(self.cfg.data.cache_mb * 2**20)
+        # only the training process's own reads hit the cache: worker processes live for one epoch and
+        # read each sample once in it
+        if self.cfg.data.workers == 0:
+            dataset.keep_decoded(self.cfg.data.cache_mb * 2**20)
         return dataset
 
     def train_dataset(self) -> Dataset:
@@ -101,10 +105,12 @@ class SegmentationTask(Task):
             base_size=d.base_size,
             ignore_index=self.cfg.task.ignore_index,
         )
-        return self._cached(self._dataset(d.train_split, transform))
+        dataset = self._cached(self._dataset(d.train_split, transform))
+        _ = self.class_weights  # computed (and checked) before training starts, not inside its first step
+        return dataset
 
     def val_dataset(self) -> Dataset:
-        return self._cached(self._dataset(self.cfg.data.val_split, SegEvalTransform()))
+        return self._dataset(self.cfg.data.val_split, SegEvalTransform())  # built anew for every evaluation
 
     @cached_property
     def _num_classes_from_data(self) -> int:
@@ -153,7 +159,7 @@ class SegmentationTask(Task):
         n = self.num_outputs()
         counts = torch.zeros(n, dtype=torch.float64)
         for index in bar(range(len(dataset)), desc="class frequencies", enabled=len(dataset) > 200, leave=False):
-            labels = dataset.load(index)[1].as_subclass(Tensor).flatten()
+            labels = torch.from_numpy(dataset.load_labels(index).astype(np.int64)).flatten()
             labels = labels[(labels >= 0) & (labels < n)]
             counts += torch.bincount(labels, minlength=n).double()
         total = counts.sum()

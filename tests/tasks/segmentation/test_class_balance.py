@@ -67,6 +67,8 @@ def test_the_loss_uses_the_weights(tmp_path: Path) -> None:
 def test_a_weight_list_of_the_wrong_length_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="task.class_weight"):
         config(tmp_path, "task.num_classes=3", "task.class_weight=[1,2]")
+    with pytest.raises(ConfigError, match="task.class_weight.*must have a weight above 0"):
+        config(tmp_path, "task.class_weight=[0,0,0]")
     task = get_task(config(folder_data(tmp_path), "task.class_weight=[1,2]"))  # classes from the data
     with pytest.raises(TaskError, match="task.class_weight: 2 weights for 3 classes"):
-        task.class_weights  # noqa: B018
+        task.train_dataset()  # checked when the training set is built, before the first step
