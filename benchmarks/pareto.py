@@ -406,8 +406,17 @@ class Benchmark:
                 module = torchvision_reference(row["reference"], row["width_mult"], self.task.num_outputs()).eval()
             else:
                 model, spec, _ = load_model_from_checkpoint(Path(row["run_dir"]) / "final.pt")
-                if not isinstance(spec, NetSpec) or spec.head.kind == "detection":
-                    module = None  # a detector takes pillars, not an image: timed by benchmarks/kitti_speed.py
+                backbone = getattr(model, "backbone", None)
+                if backbone is not None:
+                    # a detector: its BEV backbone alone, on the pseudo-image of the pillar grid (the part
+                    # the search changes; the pillar encoder and the head are the same for every network)
+                    from hrnas.tasks.kitti.detector import backbone_in_channels
+
+                    example = torch.randn(1, backbone_in_channels(spec), *self.size)
+                    backbone = backbone.float().cpu().eval()
+                    module = deploy(backbone, pad_to=pad_for(protocol)) if isinstance(spec, NetSpec) else backbone
+                elif not isinstance(spec, NetSpec):
+                    module = None
                 else:
                     module = deploy(model.float().cpu().eval(), pad_to=pad_for(protocol))
             ms = None if module is None else time_module(module, example, protocol)
