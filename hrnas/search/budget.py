@@ -96,6 +96,11 @@ class _Candidate:
     version: int = field(compare=False)
 
 
+def _copied(keep: Mapping[str, BlockKeep]) -> Keep:
+    """A keep decision whose masks can be changed without touching ``keep``'s."""
+    return {p: BlockKeep(k.channels.clone(), None if k.queries is None else k.queries.clone()) for p, k in keep.items()}
+
+
 @torch.no_grad()
 def _score(gamma: float, price: float) -> float:
     """Removal order of a unit: importance per unit of cost, least first; a unit that saves nothing (a
@@ -144,9 +149,7 @@ def prune_to_budget(
     input_size = (int(input_size[0]), int(input_size[1]))
     cm = cost_model
     base = complete_keep(spec, keep if keep is not None else {})
-    masks = {
-        p: BlockKeep(k.channels.clone(), None if k.queries is None else k.queries.clone()) for p, k in base.items()
-    }
+    masks = _copied(base)
     current = cm.total(kept_spec(spec, masks), input_size)
     if current <= budget:
         return masks
@@ -439,10 +442,7 @@ def fit_to_blocking(
     the deployed network under ``budget``.
     """
     input_size = (int(input_size[0]), int(input_size[1]))
-    masks = {
-        p: BlockKeep(k.channels.clone(), None if k.queries is None else k.queries.clone())
-        for p, k in complete_keep(spec, keep).items()
-    }
+    masks = _copied(complete_keep(spec, keep))
     step = int(cost_model.blocking)
     if step <= 1:
         return masks

@@ -170,7 +170,7 @@ class SegmentationDataset(Dataset):
     def _decode(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image_path, mask_path = self.samples[index]
         image = read_image(image_path)
-        labels = self.decode_mask(read_mask(mask_path), mask_path).astype(np.int64)
+        labels = self.load_labels(index).astype(np.int64)
         if tuple(labels.shape) != tuple(image.shape[-2:]):
             raise DatasetError(
                 f"{mask_path}: mask is {labels.shape[1]}x{labels.shape[0]} but image {image_path.name} "

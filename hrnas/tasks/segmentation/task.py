@@ -29,6 +29,8 @@ from hrnas.tasks.segmentation.transforms import SegEvalTransform, SegTrainTransf
 from hrnas.utils.progress import progress as bar
 
 DEFAULT_DEMO_ROOT = "data/demo"
+DEMO_GENERATOR = "demo_scenes"
+"""The data generator (:mod:`hrnas.data.generators`) that writes the ``demo`` format."""
 
 
 def balance_weights(frequency: Tensor, method: str) -> Tensor:
@@ -44,8 +46,6 @@ def balance_weights(frequency: Tensor, method: str) -> Tensor:
     else:
         raise ValueError(f"class balance {method!r}: expected median_frequency or enet")
     return weight.float()
-DEMO_GENERATOR = "demo_scenes"
-"""The data generator (:mod:`hrnas.data.generators`) that writes the ``demo`` format."""
 
 
 def prepare_demo_data(root: str | Path, progress: bool = True) -> Path:
